@@ -1,0 +1,181 @@
+"""Apply a trained style to photos: ``python -m fastnst.apply -m starry -o out/ photo.jpg more/``.
+
+Light on purpose: imports torch, torchvision's dependencies and Pillow only (no Lightning,
+Hydra or VGG), so a user who only applies styles installs and waits for nothing more.
+
+Exit codes: 0 all inputs written; 1 some inputs failed (each named on stderr, the others
+still written); 2 bad arguments or an unusable model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastnst._progress import Progress
+from fastnst.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, list_images, output_format, probe_image, read_image, write_image
+from fastnst.model_file import ModelFileError, available_models
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+@dataclass
+class Job:
+    src: Path
+    dst: Path
+    size: tuple[int, int] | None = None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fastnst.apply",
+        description="Stylise photos with a trained fastnst model (one forward pass per image).",
+        epilog=(
+            "examples:\n"
+            "  python -m fastnst.apply -m starry photo.jpg -o photo_starry.jpg\n"
+            "  python -m fastnst.apply -m runs/starry/last/starry.pt -o stylised/ photos/\n"
+            "  python -m fastnst.apply --list-models"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="*", type=Path, help="image files and/or folders (searched recursively)")
+    p.add_argument("-m", "--model", help="model file (.pt from fastnst.train, or a .ckpt) or the name of a shipped model")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="output file (one input) or folder (created if needed); default: next to each input as NAME_MODEL.EXT",
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--batch-size", type=int, default=4, help="images of the same size stylised together (default: 4)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (never done otherwise)")
+    p.add_argument(
+        "--max-pixels",
+        type=float,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse inputs with more pixels than this, before decoding them (default: {DEFAULT_MAX_PIXELS:.0f})",
+    )
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default: 95)")
+    p.add_argument("--list-models", action="store_true", help="list the models that -m accepts by name, then exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no per-file lines")
+    return p
+
+
+def plan_jobs(inputs: list[Path], output: Path | None, model_name: str) -> tuple[list[Job], list[str]]:
+    """Pair every input image with its output path; returns (jobs, errors for inputs that are unusable)."""
+    jobs: list[Job] = []
+    errors: list[str] = []
+    single_file_out = (
+        output is not None and output.suffix.lower() in IMAGE_EXTENSIONS and len(inputs) == 1 and not inputs[0].is_dir()
+    )
+    for src in inputs:
+        if src.is_dir():
+            found = list_images(src)
+            if not found:
+                errors.append(f"{src}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            for f in found:
+                rel = f.relative_to(src)
+                dst = (output / src.name / rel) if output is not None else f.with_name(f"{f.stem}_{model_name}{f.suffix}")
+                jobs.append(Job(f, dst))
+        elif not src.exists():
+            errors.append(f"{src}: no such file or folder")
+        elif single_file_out:
+            jobs.append(Job(src, output))  # type: ignore[arg-type]
+        elif output is not None:
+            jobs.append(Job(src, output / src.name))
+        else:
+            jobs.append(Job(src, src.with_name(f"{src.stem}_{model_name}{src.suffix}")))
+    return jobs, errors
+
+
+def _batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
+    """Same-size images together (one forward pass each batch), in input order within a size."""
+    by_size: dict[tuple[int, int], list[Job]] = {}
+    for job in jobs:
+        by_size.setdefault(job.size, []).append(job)  # type: ignore[arg-type]
+    return [group[i : i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_models:
+        models = available_models()
+        for name, path in models.items():
+            print(f"{name}\t{path}")
+        if not models:
+            print("no models found (set FASTNST_MODELS to a folder of .pt files)", file=sys.stderr)
+        return EXIT_OK
+    if not args.model:
+        parser.error("-m/--model is required (a model file or one of: " + (", ".join(available_models()) or "none shipped") + ")")
+    if not args.inputs:
+        parser.error("no input images given")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+
+    # Heavy imports after argument checks, so --help and usage errors are instant.
+    import torch
+
+    from fastnst.stylize import Stylizer
+
+    try:
+        runner = Stylizer(args.model, args.device)
+    except (ModelFileError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    model_name = str(runner.metadata.get("name") or Path(args.model).stem)
+
+    jobs, errors = plan_jobs(args.inputs, args.output, model_name)
+    for msg in errors:
+        print(f"error: {msg}", file=sys.stderr)
+    failed = len(errors)
+    ready: list[Job] = []
+    seen_dst: set[Path] = set()
+    for job in jobs:
+        try:
+            output_format(job.dst)
+            if job.dst.resolve() in seen_dst:
+                raise ImageError(f"{job.src}: output {job.dst} would be written twice in this run")
+            if job.dst.exists() and not args.overwrite:
+                raise ImageError(f"{job.src}: output {job.dst} exists; not overwriting it (pass --overwrite to replace it)")
+            job.size = probe_image(job.src, int(args.max_pixels))
+            seen_dst.add(job.dst.resolve())
+            ready.append(job)
+        except ImageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+
+    ok = 0
+    progress = Progress(len(ready), desc="stylising", enabled=False if args.quiet else None)
+    with progress:
+        for batch in _batches(ready, args.batch_size):
+            photos = []
+            for job in batch:
+                try:
+                    photos.append((job, read_image(job.src, int(args.max_pixels))))
+                except ImageError as e:
+                    print(f"\nerror: {e}", file=sys.stderr)
+                    failed += 1
+                    progress.update()
+            if not photos:
+                continue
+            outs = runner(torch.stack([p.rgb for _, p in photos]))
+            for (job, photo), out in zip(photos, outs):
+                try:
+                    write_image(out, job.dst, photo.alpha, overwrite=args.overwrite, quality=args.quality, icc_profile=photo.icc_profile)
+                    ok += 1
+                except ImageError as e:
+                    print(f"\nerror: {e}", file=sys.stderr)
+                    failed += 1
+                progress.update()
+    if len(ready) == 1 and ok == 1 and not args.quiet:
+        print(f"wrote {ready[0].dst}", file=sys.stderr)
+    if failed or len(ready) > 1:
+        print(f"{ok} ok, {failed} failed", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

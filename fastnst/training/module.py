@@ -1,0 +1,95 @@
+"""The LightningModule: a TransformerNet trained against the perceptual loss of one style."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torchvision.utils import make_grid
+
+from fastnst.net import TransformerNet
+from fastnst.training.loss import TERMS, PerceptualLoss, build_loss
+from fastnst.training.style import load_style_image, resolve_style_image
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stops before such weights are saved."""
+
+
+class StyleTransferModule(pl.LightningModule):
+    """Trains ``net`` (a :class:`TransformerNet`) so that ``loss(net(photo), photo)`` is small.
+
+    Args are plain dicts (the Hydra groups ``model``, ``loss``, ``style``, ``optim``), saved as
+    hyperparameters so every checkpoint records its recipe:
+
+    * model: ``base_channels``, ``num_residual_blocks`` (and an informative ``name``)
+    * loss: arguments of :func:`fastnst.training.loss.build_loss`
+    * style: ``name``, ``image``/``url``/``sha256`` (see :mod:`fastnst.training.style`), ``image_size``
+    * optim: ``lr``
+    """
+
+    def __init__(self, model: dict[str, Any], loss: dict[str, Any], style: dict[str, Any], optim: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = TransformerNet(model["base_channels"], model["num_residual_blocks"])
+        loss_args = {k: loss[k] for k in ("arch", "weights", "content_layers", "style_layers", "alpha", "beta", "tv_weight") if k in loss}
+        self.loss: PerceptualLoss = build_loss(**loss_args)
+        style_path = resolve_style_image(style.get("image"), style.get("url"), style.get("sha256"))
+        self.loss.set_style(load_style_image(style_path, style.get("image_size")))
+        self.lr = float(optim.get("lr", 1e-3))
+        self.skipped_images = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
+        if not torch.isfinite(terms["total"]):
+            values = ", ".join(f"{k}={terms[k].item():.4g}" for k in TERMS)
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.global_step} ({values}); stopping before such weights are saved. "
+                "Lower optim.lr, or use trainer.precision=32-true / bf16-mixed instead of 16-mixed"
+            )
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        photos, skipped = batch
+        terms = self.loss(self.net(photos), photos)
+        self._check_finite(terms)
+        self.skipped_images += int(skipped.sum())
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, prog_bar=False)
+        self.log("loss", terms["total"].detach(), prog_bar=True, logger=False)
+        if self.skipped_images:
+            self.log("data/skipped", float(self.skipped_images), on_step=True)
+        return terms["total"]
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        photos, _ = batch
+        out = self.net(photos)
+        terms = self.loss(out, photos)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_epoch=True, batch_size=len(photos))
+        if batch_idx == 0:
+            self._log_samples(photos, out)
+
+    def _log_samples(self, photos: torch.Tensor, out: torch.Tensor) -> None:
+        logger = self.logger
+        experiment = getattr(logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "add_image"):
+            return
+        # Top row the photos, bottom row their stylisations.
+        grid = make_grid(torch.cat([photos, out.to(photos.dtype)]).float().clamp(0, 1), nrow=len(photos), padding=2)
+        experiment.add_image("samples", grid, self.global_step)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.net.parameters(), lr=self.lr)
+
+    # The frozen VGG and the style targets are rebuilt from the config; keeping them out of
+    # checkpoints makes each .ckpt ~60 MB smaller.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("loss.")}
+        checkpoint["skipped_images"] = self.skipped_images
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for k, v in self.loss.state_dict(prefix="loss.").items():
+            state.setdefault(k, v)
+        self.skipped_images = int(checkpoint.get("skipped_images", 0))

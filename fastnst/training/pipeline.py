@@ -1,0 +1,213 @@
+"""Assemble and run one training run from a plain config (no Hydra in here; see ``fastnst.train``).
+
+Validates the config before anything heavy is built, wires the data, the LightningModule,
+TensorBoard, checkpoints (atomic writes) and the Trainer, fits, and exports the slim model.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from fastnst import __version__
+from fastnst._io import atomic_write
+from fastnst.model_file import save_model
+from fastnst.training.data import PhotoDataModule
+from fastnst.training.module import StyleTransferModule
+from fastnst.training.vgg import layer_names
+
+log = logging.getLogger("fastnst.train")
+
+VGG_ARCHS = ("vgg16", "vgg19")
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and what is allowed."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written to a temporary file and renamed: a kill mid-save never corrupts ``last.ckpt``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+
+class FinalCheckpoint(Callback):
+    """Make ``last.ckpt`` the state at the end of training even when max_steps is not a multiple of the interval."""
+
+    def __init__(self, checkpoint: ModelCheckpoint) -> None:
+        self.checkpoint = checkpoint
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.interrupted or self.checkpoint.dirpath is None:
+            return
+        last = Path(self.checkpoint.dirpath) / f"{self.checkpoint.CHECKPOINT_NAME_LAST}{self.checkpoint.FILE_EXTENSION}"
+        if getattr(self.checkpoint, "_last_global_step_saved", -1) != trainer.global_step or not last.exists():
+            trainer.save_checkpoint(last)  # collective under DDP: every rank calls it, rank 0 writes
+
+
+def _positive(value: Any, key: str, kind: type = float) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
+    if not ok or (kind is int and int(value) != value):
+        raise ConfigError(f"{key} must be a positive {'integer' if kind is int else 'number'}, got {value!r}")
+
+
+def validate(cfg: Mapping[str, Any]) -> None:
+    """Check the values a run depends on; raise :class:`ConfigError` naming the key and the allowed values."""
+    loss, data, model, trainer = cfg["loss"], cfg["data"], cfg["model"], cfg["trainer"]
+    if loss["arch"] not in VGG_ARCHS:
+        raise ConfigError(f"loss.arch={loss['arch']!r} is not supported; allowed: {', '.join(VGG_ARCHS)}")
+    names = [n for n in layer_names(loss["arch"]) if not n.startswith("pool")]
+    content = [loss["content_layers"]] if isinstance(loss["content_layers"], str) else list(loss["content_layers"] or [])
+    if not content:
+        raise ConfigError("loss.content_layers is empty; name at least one VGG layer, e.g. [relu2_2]")
+    if not loss["style_layers"]:
+        raise ConfigError("loss.style_layers is empty; give at least one layer: weight, e.g. {relu3_3: 1.0}")
+    for key, layers in (("loss.content_layers", content), ("loss.style_layers", list(loss["style_layers"]))):
+        for layer in layers:
+            if layer not in names:
+                raise ConfigError(f"{key}: unknown {loss['arch']} layer {layer!r}; allowed: {', '.join(names)}")
+    for key in ("alpha", "beta", "tv_weight"):
+        value = loss[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0 or not math.isfinite(value):
+            raise ConfigError(f"loss.{key} must be a number >= 0, got {value!r}")
+    for layer, weight in loss["style_layers"].items():
+        if not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ConfigError(f"loss.style_layers.{layer} must be a weight >= 0, got {weight!r}")
+    _positive(data["image_size"], "data.image_size", int)
+    _positive(data["batch_size"], "data.batch_size", int)
+    _positive(model["base_channels"], "model.base_channels", int)
+    if not isinstance(model["num_residual_blocks"], int) or model["num_residual_blocks"] < 0:
+        raise ConfigError(f"model.num_residual_blocks must be an integer >= 0, got {model['num_residual_blocks']!r}")
+    _positive(cfg["optim"]["lr"], "optim.lr")
+    if cfg["style"].get("image_size") is not None:
+        _positive(cfg["style"]["image_size"], "style.image_size", int)
+    if str(trainer.get("precision", "auto")) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={trainer['precision']!r}; allowed: {', '.join(PRECISIONS)}")
+    steps = trainer.get("max_steps", -1)
+    if steps is not None and steps != -1:
+        _positive(steps, "trainer.max_steps", int)
+    _positive(cfg["checkpoint_every_n_steps"], "checkpoint_every_n_steps", int)
+
+
+def uses_cuda(accelerator: str) -> bool:
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto``: bf16-mixed on CUDA GPUs with bf16 (Ampere+), 16-mixed on older ones, 32-true on CPU."""
+    if str(precision) != "auto":
+        return str(precision)
+    if uses_cuda(accelerator):
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    if ckpt_path in (None, ""):
+        return None
+    if ckpt_path == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise ConfigError(f"ckpt_path=last: no {last}; pass run_dir=<folder of the run to resume> (or ckpt_path=/path/to/file.ckpt)")
+        return str(last)
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return str(path)
+
+
+def model_metadata(cfg: Mapping[str, Any], steps: int, seconds: float, precision: str) -> dict[str, Any]:
+    """What the slim model records about how it was made (plain values only)."""
+    style, loss, data = cfg["style"], cfg["loss"], cfg["data"]
+    return {
+        "style": style["name"],
+        "style_image": Path(style["image"]).name if style.get("image") else Path(str(style.get("url") or "")).name,
+        "style_image_size": style.get("image_size"),
+        "alpha": float(loss["alpha"]),
+        "beta": float(loss["beta"]),
+        "tv_weight": float(loss["tv_weight"]),
+        "vgg": loss["arch"],
+        "content_layers": list(loss["content_layers"]),
+        "style_layers": {k: float(v) for k, v in loss["style_layers"].items()},
+        "model": cfg["model"].get("name"),
+        "image_size": int(data["image_size"]),
+        "batch_size": int(data["batch_size"]),
+        "lr": float(cfg["optim"]["lr"]),
+        "precision": precision,
+        "steps": int(steps),
+        "train_seconds": round(seconds, 1),
+        "seed": cfg.get("seed"),
+        "fastnst_version": __version__,
+    }
+
+
+def fit(cfg: Mapping[str, Any], run_dir: Path) -> Path | None:
+    """Train as ``cfg`` says, writing everything under ``run_dir``; returns the slim model path (rank 0) or None."""
+    validate(cfg)
+    run_dir = Path(run_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    tcfg = dict(cfg["trainer"])
+    accelerator = str(tcfg.get("accelerator", "auto"))
+    precision = resolve_precision(tcfg.pop("precision", "auto"), accelerator)
+    pl.seed_everything(cfg["seed"], workers=True, verbose=False)
+
+    data = PhotoDataModule(seed=cfg["seed"], **cfg["data"])
+    n_photos = data.check()  # fails here, before VGG or the network are built, if there is nothing to train on
+    log.info("training photos: %d in %s", n_photos, data.root)
+
+    module = StyleTransferModule(dict(cfg["model"]), dict(cfg["loss"]), dict(cfg["style"]), dict(cfg["optim"]))
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=int(cfg["checkpoint_every_n_steps"]),
+        save_last=True,
+        save_top_k=int(cfg.get("keep_checkpoints", 3)),
+        monitor="step",
+        mode="max",
+    )
+    trainer = pl.Trainer(
+        default_root_dir=str(run_dir),
+        logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False),
+        callbacks=[checkpoints, FinalCheckpoint(checkpoints), LearningRateMonitor(logging_interval="step")],
+        plugins=[AtomicCheckpointIO()],
+        precision=precision,
+        use_distributed_sampler=False,  # the sampler shards by rank itself, and can resume mid-epoch
+        check_val_every_n_epoch=None,  # val_check_interval counts steps across epochs
+        num_sanity_val_steps=0,
+        **tcfg,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    seconds = time.perf_counter() - start
+    if not trainer.is_global_zero:
+        return None
+    if trainer.interrupted:
+        log.warning("training was interrupted at step %d; writing the model as it is", trainer.global_step)
+    meta = model_metadata(cfg, trainer.global_step, seconds, precision)
+    meta["skipped_images"] = module.skipped_images
+    out = save_model(module.net, run_dir / f"{cfg['style']['name']}.pt", meta, half=bool(cfg.get("half_model", True)), overwrite=True)
+    log.info("final losses: %s", {k: round(float(v), 5) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+    if cfg.get("export"):
+        dest = Path(cfg["export"]).expanduser()
+        if dest.exists() and not cfg.get("overwrite"):
+            log.warning("export=%s exists; kept it (pass overwrite=true to replace it). The model is at %s", dest, out)
+        else:
+            save_model(module.net, dest, meta, half=bool(cfg.get("half_model", True)), overwrite=True)
+            log.info("exported the model to %s", dest)
+    return out

@@ -1,0 +1,111 @@
+"""The apply CLI and the Python API: files, folders, odd inputs, exit codes, never clobbering."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, make_photo, run_module
+from fastnst import Stylizer, stylize
+from fastnst.apply import main
+from fastnst.model_file import save_model
+from fastnst.net import TransformerNet
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    return save_model(TransformerNet(8, 1), tmp_path_factory.mktemp("model") / "tiny.pt", {"style": "tiny"})
+
+
+def test_single_file_round_trip(model_file: Path, photo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.png"
+    assert main(["-m", str(model_file), "-o", str(out), str(photo_dir / "p2.png")]) == 0
+    assert Image.open(out).size == Image.open(photo_dir / "p2.png").size
+    assert "wrote" in capsys.readouterr().err
+
+
+def test_folder_and_files_into_output_folder(model_file: Path, photo_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "styled"
+    assert main(["-q", "-m", str(model_file), "-o", str(out), str(photo_dir), str(photo_dir / "p1.jpg")]) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["p1.jpg", *sorted(f"{photo_dir.name}/{p}" for p in ["p0.png", "p1.jpg", "p2.png", "p3.jpg", "p4.png", "sub/deep.jpg"])]
+    for p in out.rglob("*.*"):
+        assert Image.open(p).mode == "RGB"
+
+
+def test_default_output_is_next_to_the_input(model_file: Path, tmp_path: Path) -> None:
+    src = make_photo(tmp_path / "cat.jpg")
+    assert main(["-q", "-m", str(model_file), str(src)]) == 0
+    assert (tmp_path / "cat_tiny.jpg").is_file()
+
+
+def test_never_overwrites_without_flag(model_file: Path, photo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o.png"
+    out.write_bytes(b"precious")
+    assert main(["-q", "-m", str(model_file), "-o", str(out), str(photo_dir / "p0.png")]) == 1
+    assert out.read_bytes() == b"precious"
+    assert "exists; not overwriting it (pass --overwrite" in capsys.readouterr().err
+    assert main(["-q", "--overwrite", "-m", str(model_file), "-o", str(out), str(photo_dir / "p0.png")]) == 0
+    assert Image.open(out).size == (48, 40)
+
+
+def test_bad_inputs_fail_alone_and_summarise(model_file: Path, photo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("hi")
+    code = main(["-q", "-m", str(model_file), "-o", str(tmp_path / "out"), str(tmp_path / "empty.jpg"), str(tmp_path / "text.jpg"), str(photo_dir / "p0.png"), "missing.png"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "1 ok, 3 failed" in err and "empty.jpg: empty file" in err and "text.jpg: not a readable image" in err
+    assert (tmp_path / "out" / "p0.png").is_file()
+
+
+def test_alpha_and_odd_sizes(model_file: Path, tmp_path: Path) -> None:
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (3, 5), (200, 10, 10, 128)).save(rgba)
+    grey = make_photo(tmp_path / "grey.png", (1, 1), mode="L")
+    assert main(["-q", "-m", str(model_file), "-o", str(tmp_path / "o"), str(rgba), str(grey)]) == 0
+    out = Image.open(tmp_path / "o" / "rgba.png")
+    assert out.mode == "RGBA" and out.size == (3, 5) and out.getpixel((0, 0))[3] == 128
+    assert Image.open(tmp_path / "o" / "grey.png").size == (1, 1)
+
+
+def test_model_errors_exit_2(photo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00" * 100)
+    assert main(["-m", str(junk), str(photo_dir / "p0.png")]) == 2
+    assert "not a readable fastnst model" in capsys.readouterr().err
+    assert main(["-m", "no_such_model", str(photo_dir / "p0.png")]) == 2
+    assert "no model file or known model named 'no_such_model'" in capsys.readouterr().err
+
+
+def test_usage_errors_and_help() -> None:
+    result = run_module("fastnst.apply", "--help")
+    assert result.returncode == 0 and "--overwrite" in result.stdout and "examples:" in result.stdout
+    result = run_module("fastnst.apply", "photo.jpg")
+    assert result.returncode == 2 and "-m/--model is required" in result.stderr
+
+
+def test_python_api(model_file: Path, photo_dir: Path) -> None:
+    runner = Stylizer(model_file, device="cpu")
+    batch = torch.rand(2, 3, 20, 30)
+    out = stylize(batch, runner)
+    assert out.shape == batch.shape and 0 < out.min() and out.max() < 1
+    single = stylize(batch[0], runner)
+    torch.testing.assert_close(single, out[0], atol=1e-5, rtol=0)
+    img = stylize(photo_dir / "p3.jpg", model_file)
+    assert isinstance(img, Image.Image) and img.size == Image.open(photo_dir / "p3.jpg").size
+    assert stylize(Image.open(photo_dir / "p0.png"), runner).size == (48, 40)
+
+
+def test_inference_side_imports_no_training_stack() -> None:
+    code = (
+        "import sys, fastnst, fastnst.apply, fastnst.stylize, fastnst.model_file, fastnst.images;"
+        "heavy = [m for m in ('pytorch_lightning', 'lightning', 'hydra', 'omegaconf', 'tensorboard', 'fastnst.training') if m in sys.modules];"
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr

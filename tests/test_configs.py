@@ -1,0 +1,109 @@
+"""Every shipped config composes, and bad values fail at start with the key named."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import REPO, run_module, tiny_train_args
+from fastnst.training.pipeline import ConfigError, resolve_precision, validate
+
+CONFIGS = REPO / "configs"
+STYLES = sorted(p.stem for p in (CONFIGS / "style").glob("*.yaml"))
+
+
+def compose_plain(*overrides: str) -> dict:
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def test_required_styles_exist() -> None:
+    assert {"starry", "wave", "composition_vii", "mosaic", "candy", "udnie"} <= set(STYLES)
+
+
+@pytest.mark.parametrize("style", [s for s in STYLES if s != "custom"])
+def test_every_style_composes_and_validates(style: str) -> None:
+    cfg = compose_plain(f"style={style}")
+    validate(cfg)
+    assert cfg["style"]["name"] == style
+    assert cfg["style"]["url"].startswith("https://") and len(cfg["style"]["sha256"]) == 64
+    # The loss takes the style's recommended weights unless overridden.
+    assert (cfg["loss"]["alpha"], cfg["loss"]["beta"], cfg["loss"]["tv_weight"]) == (
+        cfg["style"]["alpha"],
+        cfg["style"]["beta"],
+        cfg["style"]["tv_weight"],
+    )
+
+
+def test_custom_style_and_interface_keys() -> None:
+    cfg = compose_plain(
+        "style=custom",
+        "style.image=/x/painting.jpg",
+        "loss=vgg19",
+        "model=slim",
+        "loss.alpha=2",
+        "loss.beta=3e4",
+        "loss.tv_weight=0",
+        "loss.content_layers=[relu3_1]",
+        "loss.weights=/w.pth",
+        "data.root=/photos",
+        "data.image_size=128",
+        "data.batch_size=8",
+        "trainer.max_steps=10",
+        "trainer.precision=bf16-mixed",
+    )
+    validate(cfg)
+    assert cfg["loss"]["arch"] == "vgg19" and cfg["loss"]["beta"] == 3e4 and cfg["loss"]["content_layers"] == ["relu3_1"]
+    assert cfg["model"] == {"name": "slim", "base_channels": 16, "num_residual_blocks": 3}
+    assert cfg["trainer"]["precision"] == "bf16-mixed" and cfg["data"]["batch_size"] == 8
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "default"])
+def test_trainer_groups_compose(trainer: str) -> None:
+    cfg = compose_plain(f"trainer={trainer}")
+    assert {"accelerator", "devices", "precision", "max_steps"} <= set(cfg["trainer"])
+    if trainer == "ddp":
+        assert cfg["trainer"]["strategy"] == "ddp" and cfg["trainer"]["devices"] == 2
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("loss.beta=-1", "loss.beta must be a number >= 0"),
+        ("+loss.style_layers.relu9_9=1", "loss.style_layers: unknown vgg16 layer 'relu9_9'; allowed: conv1_1, relu1_1"),
+        ("loss.content_layers=[conv9_1]", "loss.content_layers: unknown vgg16 layer 'conv9_1'"),
+        ("data.image_size=0", "data.image_size must be a positive integer"),
+        ("data.batch_size=-2", "data.batch_size must be a positive integer"),
+        ("trainer.precision=fp8", "trainer.precision='fp8'; allowed: auto, 32-true"),
+        ("loss.arch=resnet", "loss.arch='resnet' is not supported; allowed: vgg16, vgg19"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        validate(compose_plain(override))
+
+
+def test_precision_auto_is_fp32_on_cpu() -> None:
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+
+
+@pytest.mark.slow
+def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, photo_dir: Path, style_file: Path) -> None:
+    base = tiny_train_args(tmp_path / "r", photo_dir, style_file)
+    cases = [
+        (["loss.beta=-1"], "loss.beta must be a number >= 0"),
+        ([f"data.root={tmp_path / 'nowhere'}"], "no such folder"),
+        ([f"data.root={tmp_path}"], "no images found"),
+        (["style.image=/nonexistent/painting.jpg"], "style image /nonexistent/painting.jpg not found"),
+        (["loss.weights=/nonexistent/vgg.pth"], "VGG weights file /nonexistent/vgg.pth not found"),
+    ]
+    (tmp_path / "notes.txt").write_text("no photos here")
+    for extra, message in cases:
+        result = run_module("fastnst.train", *base, *extra)
+        assert result.returncode == 2, (extra, result.stderr[-2000:])
+        assert message in result.stderr and "Traceback" not in result.stderr, (extra, result.stderr[-2000:])
+    result = run_module("fastnst.train", *base, "style=nosuchstyle")
+    assert result.returncode != 0 and "Could not find 'style/nosuchstyle'" in result.stderr and "starry" in result.stderr

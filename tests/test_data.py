@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastnst.training.data import DataError, PhotoDataModule, PhotoDataset, ResumableSampler, resize_crop
+
+
+def test_resize_crop_square() -> None:
+    out = resize_crop(torch.rand(3, 40, 90), 32)
+    assert out.shape == (3, 32, 32)
+    assert resize_crop(torch.rand(3, 10, 12), 32).shape == (3, 32, 32)  # small photos are upscaled
+
+
+def test_sampler_is_seeded_sharded_and_resumable() -> None:
+    full = list(ResumableSampler(10, seed=3))
+    assert sorted(i for i, _ in full) == list(range(10))
+    assert full == list(ResumableSampler(10, seed=3)) and full != list(ResumableSampler(10, seed=4))
+    ranks = [list(ResumableSampler(10, seed=3, rank=r, world_size=3)) for r in range(3)]
+    assert all(len(r) == 4 for r in ranks)  # equal shares, padded by repeating
+    assert {i for r in ranks for i, _ in r} == set(range(10))
+    resumed = ResumableSampler(10, seed=3)
+    resumed.start = 6
+    assert list(resumed) == full[6:]
+    assert list(resumed) == full  # the skip applies to one pass only
+    other_epoch = ResumableSampler(10, seed=3)
+    other_epoch.set_epoch(1)
+    assert list(other_epoch) != full
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path: Path, photo_dir: Path) -> None:
+    files = sorted(photo_dir.rglob("*.png"))
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    ds = PhotoDataset([bad, *files], image_size=16)
+    img, skipped = ds[(0, 123)]
+    assert img.shape == (3, 16, 16) and skipped == 1
+    img2, skipped2 = ds[1]
+    assert skipped2 == 0
+    with pytest.raises(DataError, match="none of the 1 training images could be read"):
+        PhotoDataset([bad], 16)[0]
+
+
+def test_datamodule_fails_early_on_empty_or_missing(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such folder"):
+        PhotoDataModule(str(tmp_path / "missing")).check()
+    (tmp_path / "readme.txt").write_text("x")
+    with pytest.raises(DataError, match="no images found"):
+        PhotoDataModule(str(tmp_path)).check()
+    with pytest.raises(DataError, match="data.image_size must be a positive integer"):
+        PhotoDataModule(str(tmp_path), image_size=0)
+
+
+def test_train_loader_batches(photo_dir: Path) -> None:
+    dm = PhotoDataModule(str(photo_dir), image_size=16, batch_size=4, num_workers=0, num_val_images=2)
+    assert dm.check() == 6
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == 1 and batches[0][0].shape == (4, 3, 16, 16)  # drop_last: full batches only
+    assert loader.state_dict() == {"epoch": 0, "samples": 4}
+    val = next(iter(dm.val_dataloader()))[0]
+    assert val.shape == (2, 3, 16, 16)
