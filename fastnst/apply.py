@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastnst._progress import Progress
+from fastnst.hardware import PRECISIONS
 from fastnst.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, list_images, output_format, probe_image, read_image, write_image
 from fastnst.model_file import ModelFileError, available_models
 
@@ -49,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="output file (one input) or folder (created if needed); default: next to each input as NAME_MODEL.EXT",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="arithmetic: auto (bf16 on GPUs and CPUs with native bf16, else fp32), or force fp32/bf16/fp16 (default: auto)",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="images of the same size stylised together (default: 4)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never done otherwise)")
     p.add_argument(
@@ -121,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from fastnst.stylize import Stylizer
 
     try:
-        runner = Stylizer(args.model, args.device)
+        runner = Stylizer(args.model, args.device, args.precision)
     except (ModelFileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -85,9 +85,12 @@ def test_bad_values_name_the_key(override: str, message: str) -> None:
         validate(compose_plain(override))
 
 
-def test_precision_auto_is_fp32_on_cpu() -> None:
-    assert resolve_precision("auto", "cpu") == "32-true"
-    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+def test_precision_auto_never_picks_emulated_bf16_on_cpu() -> None:
+    avx2_only = frozenset({"avx", "avx2", "fma"})
+    zen4 = frozenset({"avx2", "avx512f", "avx512_bf16"})
+    assert resolve_precision("auto", "cpu", avx2_only) == "32-true"
+    assert resolve_precision("auto", "cpu", zen4) == "bf16-mixed"
+    assert resolve_precision("32-true", "cpu", zen4) == "32-true"  # an explicit choice wins
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from fastnst import __version__
 from fastnst._io import atomic_write
+from fastnst.hardware import native_bf16_cpu
 from fastnst.model_file import save_model
 from fastnst.training.data import PhotoDataModule
 from fastnst.training.module import StyleTransferModule
@@ -108,13 +109,14 @@ def uses_cuda(accelerator: str) -> bool:
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto``: bf16-mixed on CUDA GPUs with bf16 (Ampere+), 16-mixed on older ones, 32-true on CPU."""
+def resolve_precision(precision: str, accelerator: str, flags: frozenset[str] | None = None) -> str:
+    """``auto``: bf16-mixed on CUDA GPUs with bf16 (Ampere+), 16-mixed on older ones; on CPU bf16-mixed
+    where the CPU has native bf16 (about 2x faster), else 32-true (emulated bf16 is slower than fp32)."""
     if str(precision) != "auto":
         return str(precision)
     if uses_cuda(accelerator):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+    return "bf16-mixed" if native_bf16_cpu(flags) else "32-true"
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:

@@ -1,0 +1,87 @@
+"""Which arithmetic is fast on this machine: the choice of precision and memory layout.
+
+The rule, measured rather than assumed (see ``scripts/bench.py`` and ``docs/benchmarks.md``):
+
+* CUDA: bfloat16 autocast where the GPU has bf16 (Ampere and newer), else float16; channels_last.
+* CPU with native bf16 instructions (``avx512_bf16`` or AMX on x86, ``bf16`` on Arm): bfloat16
+  autocast, about 2x the float32 speed of the same machine.
+* Any other CPU (e.g. AVX2-only): float32. bf16 there is emulated and several times *slower*,
+  so it is never chosen automatically.
+
+Every choice can be overridden (``precision=`` in the API, ``--precision`` on the CLI).
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from dataclasses import dataclass
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """CPU feature flags from /proc/cpuinfo (Linux; x86 ``flags`` or Arm ``Features``); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def native_bf16_cpu(flags: frozenset[str] | None = None) -> bool:
+    """True where the CPU executes bf16 matrix math natively (not emulated through fp32)."""
+    flags = cpu_flags() if flags is None else flags
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """How to run the network: on ``device`` with autocast to ``dtype`` (float32: no autocast)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    channels_last: bool
+    reason: str
+
+    @property
+    def precision(self) -> str:
+        return {v: k for k, v in _DTYPES.items()}[self.dtype]
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+
+def plan_for(device: torch.device, precision: str = "auto", flags: frozenset[str] | None = None) -> ExecutionPlan:
+    """The fastest sound way to run on ``device``; ``precision`` other than ``auto`` forces the dtype."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        auto = "bf16" if bf16 else "fp16"
+        chosen = auto if precision == "auto" else precision
+        return ExecutionPlan(device, _DTYPES[chosen], True, f"CUDA: {chosen}" + (" (auto)" if precision == "auto" else " (forced)"))
+    if precision != "auto":
+        return ExecutionPlan(device, _DTYPES[precision], False, f"CPU: {precision} (forced)")
+    if native_bf16_cpu(flags):
+        return ExecutionPlan(device, torch.bfloat16, False, "CPU with native bf16: bf16 autocast")
+    return ExecutionPlan(device, torch.float32, False, "CPU without native bf16: fp32 (emulated bf16 would be slower)")

@@ -1,0 +1,60 @@
+"""The fast path: chosen per machine, never emulated bf16, and numerically close to fp32."""
+
+import pytest
+import torch
+
+from fastnst.hardware import ExecutionPlan, native_bf16_cpu, plan_for
+from fastnst.net import TransformerNet
+from fastnst.stylize import Stylizer
+
+CPU = torch.device("cpu")
+AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"})
+AVX512_NO_BF16 = AVX2_ONLY | {"avx512f", "avx512bw", "avx512vl"}  # Skylake-X: bf16 would be emulated
+ZEN4 = AVX512_NO_BF16 | {"avx512_bf16"}
+SAPPHIRE_RAPIDS = AVX512_NO_BF16 | {"amx_bf16", "amx_tile"}
+
+
+def test_chooser_uses_bf16_only_where_native() -> None:
+    assert not native_bf16_cpu(AVX2_ONLY) and not native_bf16_cpu(AVX512_NO_BF16)
+    assert native_bf16_cpu(ZEN4) and native_bf16_cpu(SAPPHIRE_RAPIDS)
+    assert plan_for(CPU, "auto", AVX2_ONLY).dtype == torch.float32
+    assert plan_for(CPU, "auto", AVX512_NO_BF16).dtype == torch.float32
+    assert plan_for(CPU, "auto", ZEN4).dtype == torch.bfloat16
+    assert plan_for(CPU, "fp32", ZEN4).dtype == torch.float32  # the override wins
+    assert plan_for(CPU, "bf16", AVX2_ONLY).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown precision 'int4'"):
+        plan_for(CPU, "int4")
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / torch.mean((a - b) ** 2)))
+
+
+def _trained_looking_net() -> TransformerNet:
+    torch.manual_seed(0)
+    net = TransformerNet(16, 2)
+    for m in net.modules():  # non-trivial norm parameters, as after training
+        if isinstance(m, torch.nn.InstanceNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return net
+
+
+@pytest.mark.parametrize("precision", ["bf16", "auto"])
+def test_fast_path_matches_fp32(precision: str) -> None:
+    net = _trained_looking_net()
+    x = torch.rand(1, 3, 64, 80)
+    ref = Stylizer(net, "cpu", "fp32")(x)
+    fast = Stylizer(net, "cpu", precision)(x)
+    assert fast.dtype == torch.float32 and fast.shape == ref.shape
+    assert _psnr(fast, ref) >= 40
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_path_matches_fp32() -> None:
+    net = _trained_looking_net()
+    x = torch.rand(2, 3, 128, 96)
+    ref = Stylizer(net, "cpu", "fp32")(x)
+    fast = Stylizer(net, "cuda", "auto")
+    assert isinstance(fast.plan, ExecutionPlan) and fast.plan.channels_last
+    assert _psnr(fast(x), ref) >= 40
