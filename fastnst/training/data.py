@@ -94,7 +94,8 @@ class ResumableSampler(Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return max(0, math.ceil(self.size / self.world_size) - self.start)
+        # The full share, also when resuming: Lightning counts the batches already done in this epoch itself.
+        return math.ceil(self.size / self.world_size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)

@@ -10,6 +10,7 @@ import io
 import logging
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,14 @@ from fastnst.hardware import native_bf16_cpu
 from fastnst.model_file import save_model
 from fastnst.training.data import PhotoDataModule
 from fastnst.training.module import StyleTransferModule
+from fastnst.training.progress import StepProgressBar
 from fastnst.training.vgg import layer_names
 
 log = logging.getLogger("fastnst.train")
+
+# The VGG inside the loss is in eval mode on purpose; Lightning's notice about it is noise here.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 VGG_ARCHS = ("vgg16", "vgg19")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
@@ -186,7 +192,7 @@ def fit(cfg: Mapping[str, Any], run_dir: Path) -> Path | None:
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False),
-        callbacks=[checkpoints, FinalCheckpoint(checkpoints), LearningRateMonitor(logging_interval="step")],
+        callbacks=[checkpoints, FinalCheckpoint(checkpoints), LearningRateMonitor(logging_interval="step"), StepProgressBar()],
         plugins=[AtomicCheckpointIO()],
         precision=precision,
         use_distributed_sampler=False,  # the sampler shards by rank itself, and can resume mid-epoch
