@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="arithmetic: auto (bf16 on GPUs and CPUs with native bf16, else fp32), or force fp32/bf16/fp16 (default: auto)",
     )
+    p.add_argument(
+        "--tile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="run in row bands with whole-image statistics (bounded memory, same result); auto: above 4.2 megapixels",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="images of the same size stylised together (default: 4)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never done otherwise)")
     p.add_argument(
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     from fastnst.stylize import Stylizer
 
     try:
-        runner = Stylizer(args.model, args.device, args.precision)
+        runner = Stylizer(args.model, args.device, args.precision, tile={"auto": None, "on": True, "off": False}[args.tile])
     except (ModelFileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -159,16 +165,20 @@ def main(argv: list[str] | None = None) -> int:
     with progress:
         for batch in _batches(ready, args.batch_size):
             photos = []
+            tiled = runner.uses_tiles(batch[0].size[1], batch[0].size[0])  # type: ignore[index]
             for job in batch:
                 try:
-                    photos.append((job, read_image(job.src, int(args.max_pixels))))
+                    photos.append((job, read_image(job.src, int(args.max_pixels), as_uint8=tiled)))
                 except ImageError as e:
                     print(f"\nerror: {e}", file=sys.stderr)
                     failed += 1
                     progress.update()
             if not photos:
                 continue
-            outs = runner(torch.stack([p.rgb for _, p in photos]))
+            if tiled:
+                outs = [runner.stylize_to_uint8(p.rgb) for _, p in photos]  # one at a time, bounded memory
+            else:
+                outs = list(runner(torch.stack([p.rgb for _, p in photos])))
             for (job, photo), out in zip(photos, outs):
                 try:
                     write_image(out, job.dst, photo.alpha, overwrite=args.overwrite, quality=args.quality, icc_profile=photo.icc_profile)

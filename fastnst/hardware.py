@@ -2,9 +2,9 @@
 
 The rule, measured rather than assumed (see ``scripts/bench.py`` and ``docs/benchmarks.md``):
 
-* CUDA: bfloat16 autocast where the GPU has bf16 (Ampere and newer), else float16; channels_last.
-* CPU with native bf16 instructions (``avx512_bf16`` or AMX on x86, ``bf16`` on Arm): bfloat16
-  autocast, about 2x the float32 speed of the same machine.
+* CUDA: bfloat16 where the GPU has bf16 (Ampere and newer), else float16; channels_last.
+* CPU with native bf16 instructions (``avx512_bf16`` or AMX on x86, ``bf16`` on Arm): bfloat16,
+  about 2x the float32 speed of the same machine.
 * Any other CPU (e.g. AVX2-only): float32. bf16 there is emulated and several times *slower*,
   so it is never chosen automatically.
 
@@ -56,7 +56,12 @@ def native_bf16_cpu(flags: frozenset[str] | None = None) -> bool:
 
 @dataclass(frozen=True)
 class ExecutionPlan:
-    """How to run the network: on ``device`` with autocast to ``dtype`` (float32: no autocast)."""
+    """How to run the network: on ``device`` with weights and activations in ``dtype``.
+
+    Inference casts the whole network (weights once, activations throughout): on a Zen 4 CPU pure
+    bf16 ran the classic network at 512x512 in 0.37 s against 0.49 s for bf16 autocast and 0.82 s
+    for fp32, at 51 dB PSNR against fp32. Training uses autocast instead (Lightning's bf16-mixed).
+    """
 
     device: torch.device
     dtype: torch.dtype
@@ -66,9 +71,6 @@ class ExecutionPlan:
     @property
     def precision(self) -> str:
         return {v: k for k, v in _DTYPES.items()}[self.dtype]
-
-    def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
 
 def plan_for(device: torch.device, precision: str = "auto", flags: frozenset[str] | None = None) -> ExecutionPlan:
@@ -83,5 +85,5 @@ def plan_for(device: torch.device, precision: str = "auto", flags: frozenset[str
     if precision != "auto":
         return ExecutionPlan(device, _DTYPES[precision], False, f"CPU: {precision} (forced)")
     if native_bf16_cpu(flags):
-        return ExecutionPlan(device, torch.bfloat16, False, "CPU with native bf16: bf16 autocast")
+        return ExecutionPlan(device, torch.bfloat16, False, "CPU with native bf16: bf16")
     return ExecutionPlan(device, torch.float32, False, "CPU without native bf16: fp32 (emulated bf16 would be slower)")

@@ -45,7 +45,7 @@ class ImageError(ValueError):
 
 @dataclass
 class Photo:
-    """A decoded image: ``rgb`` is (3, H, W) float32 in [0, 1]; ``alpha`` (1, H, W) or None."""
+    """A decoded image: ``rgb`` is (3, H, W) float32 in [0, 1] (or uint8); ``alpha`` (1, H, W) or None."""
 
     rgb: torch.Tensor
     alpha: torch.Tensor | None = None
@@ -124,49 +124,58 @@ def probe_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_M
     return size
 
 
-def _to_tensor(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _to_tensor(img: Image.Image, as_uint8: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         a = np.asarray(img).astype(np.float32)
         scale = 65535.0 if (mode != "I" or a.max(initial=0) > 255) else 255.0
         grey = torch.from_numpy(np.clip(a / scale, 0.0, 1.0))
+        if as_uint8:
+            grey = grey.mul(255).round_().to(torch.uint8)
         return grey.expand(3, *grey.shape).contiguous(), None
     if mode == "F":
         img = img.convert("L")
     has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode in ("P", "L", "RGB") and "transparency" in img.info)
     img = img.convert("RGBA" if has_alpha else "RGB")
-    a = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+    a = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+    if not as_uint8:
+        a = a.float().div_(255.0)
     if has_alpha:
         return a[:3].contiguous(), a[3:].contiguous()
-    return a, None
+    return a.contiguous(), None
 
 
-def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Photo:
-    """Decode ``path`` to a :class:`Photo`; raises :class:`ImageError` with a one-line reason."""
+def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS, as_uint8: bool = False) -> Photo:
+    """Decode ``path`` to a :class:`Photo` (float32 in [0, 1], or uint8 0..255 with ``as_uint8``: a
+    quarter of the memory, for very large photos); raises :class:`ImageError` with a one-line reason."""
     path = Path(path)
     with _open(path) as img:
         check_pixels(path, _oriented_size(img), max_pixels)
         try:
             with _our_pixel_limit():
                 img.load()
-                return photo_from_pil(img)
+                return photo_from_pil(img, as_uint8)
         except Exception as e:  # noqa: BLE001 - truncated data, bad chunks, unsupported modes
             raise ImageError(f"{path}: cannot decode image ({_first_line(e)})") from None
 
 
-def photo_from_pil(img: Image.Image) -> Photo:
+def photo_from_pil(img: Image.Image, as_uint8: bool = False) -> Photo:
     """A :class:`Photo` from a Pillow image: EXIF orientation applied, any mode to RGB (+ alpha)."""
     icc = img.info.get("icc_profile")
-    rgb, alpha = _to_tensor(ImageOps.exif_transpose(img))
+    rgb, alpha = _to_tensor(ImageOps.exif_transpose(img), as_uint8)
     # Carry a colour profile only where it describes RGB data (a CMYK profile would be wrong on RGB).
     keep_icc = icc if isinstance(icc, bytes) and icc[16:20] == b"RGB " else None
     return Photo(rgb=rgb, alpha=alpha, icc_profile=keep_icc)
 
 
 def to_pil(rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
-    """(3, H, W) float in [0, 1] (and optional (1, H, W) alpha) to an 8-bit Pillow image."""
-    planes = rgb if alpha is None else torch.cat([rgb, alpha.to(rgb)], 0)
-    arr = planes.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    """(3, H, W) float in [0, 1] or uint8 (and optional (1, H, W) alpha) to an 8-bit Pillow image."""
+    if rgb.dtype != torch.uint8:
+        rgb = rgb.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    if alpha is not None and alpha.dtype != torch.uint8:
+        alpha = alpha.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    planes = rgb if alpha is None else torch.cat([rgb, alpha], 0)
+    arr = planes.permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(np.ascontiguousarray(arr), "RGB" if alpha is None else "RGBA")
 
 

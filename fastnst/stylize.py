@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any, overload
 
@@ -17,6 +18,7 @@ from fastnst.hardware import plan_for
 from fastnst.images import photo_from_pil, read_image, to_pil
 from fastnst.model_file import load_model
 from fastnst.net import TransformerNet
+from fastnst.tiled import TiledRunner
 
 
 def select_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -32,12 +34,19 @@ def select_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+#: Images with more pixels than this go through the banded runner (bounded memory, same result).
+TILE_PIXELS = 2048 * 2048
+HUGE_PIXELS = 16_000_000
+
+
 class Stylizer:
     """A loaded model bound to a device and an execution plan; call it on (N, 3, H, W) batches in [0, 1].
 
     ``precision="auto"`` picks the fastest sound arithmetic for the device (see
-    :mod:`fastnst.hardware`): bf16 autocast on GPUs and on CPUs with native bf16, fp32 elsewhere.
-    ``"fp32"``, ``"bf16"`` or ``"fp16"`` force one.
+    :mod:`fastnst.hardware`): bf16 on GPUs and on CPUs with native bf16, fp32 elsewhere;
+    ``"fp32"``, ``"bf16"`` or ``"fp16"`` force one. ``tile`` chooses the banded runner of
+    :mod:`fastnst.tiled` (whole-image statistics, bounded memory): ``None`` (auto) for images
+    over :data:`TILE_PIXELS`, ``True`` always, ``False`` never.
     """
 
     def __init__(
@@ -45,28 +54,55 @@ class Stylizer:
         model: TransformerNet | str | os.PathLike[str],
         device: str | torch.device | None = "auto",
         precision: str = "auto",
+        tile: bool | None = None,
+        band_rows: int | None = None,
     ) -> None:
         self.device = select_device(device)
         self.plan = plan_for(self.device, precision)
+        self.tile = tile
         if isinstance(model, TransformerNet):
-            self.net, self.metadata = model, {}
+            net, self.metadata = model, {}
         else:
-            self.net, self.metadata = load_model(model)
-        self.net = self.net.to(self.device).eval()
+            net, self.metadata = load_model(model)
+        # A private copy in the plan's dtype: weights cast once, not on every call (the caller's net is untouched).
+        self.net = copy.deepcopy(net).to(self.device, self.plan.dtype).eval()
         if self.plan.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        # fp32 runs store the quarter-resolution activations of huge images in bf16 (half the memory, > 45 dB).
+        self.tiled = TiledRunner(self.net, band_rows=band_rows)
+        self.tiled_huge = TiledRunner(self.net, band_rows=band_rows, storage_dtype=torch.bfloat16)
+
+    def _tiled_for(self, height: int, width: int) -> TiledRunner:
+        return self.tiled_huge if height * width > HUGE_PIXELS and self.plan.dtype == torch.float32 else self.tiled
+
+    def uses_tiles(self, height: int, width: int) -> bool:
+        return self.tile if self.tile is not None else height * width > TILE_PIXELS
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """Stylise a float batch in [0, 1]; the result is on the input's device, float32, in (0, 1)."""
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected an (N, 3, H, W) batch, got shape {tuple(batch.shape)}")
-        x = batch.to(self.device, torch.float32)
+        if self.uses_tiles(*batch.shape[-2:]):
+            runner = self._tiled_for(*batch.shape[-2:])
+            return torch.stack([runner(img.to(self.device, self.plan.dtype)) for img in batch]).to(batch.device)
+        x = batch.to(self.device, self.plan.dtype)
         if self.plan.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with self.plan.autocast():
-            out = self.net(x)
-        return out.float().contiguous().to(batch.device)
+        return self.net(x).float().contiguous().to(batch.device)
+
+    def stylize_to_uint8(self, image: torch.Tensor) -> torch.Tensor:
+        """One (3, H, W) image (float in [0, 1] or uint8) to a (3, H, W) uint8 tensor.
+
+        Large images go through the banded runner without any full-size float copy of input or output.
+        """
+        if self.uses_tiles(*image.shape[-2:]):
+            out = torch.empty(image.shape, dtype=torch.uint8)
+            src = image if image.dtype == torch.uint8 else image.to(self.device, self.plan.dtype)
+            return self._tiled_for(*image.shape[-2:])(src, out=out)
+        if image.dtype == torch.uint8:
+            image = image.float() / 255
+        return self(image.unsqueeze(0))[0].mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 @overload
