@@ -1,0 +1,424 @@
+#!/usr/bin/env python
+"""fastnst benchmark: measured peaks, a plain reference, and fastnst's paths, in one run.
+
+    python scripts/bench.py --quick              # a few minutes on 2 cores
+    python scripts/bench.py --json bench.json    # everything, and a JSON copy
+
+Every ratio compares against a *plain reference written in this file*: the classic Johnson network
+(32-64-128, 5 residual blocks, instance norm, upsample+conv) in fp32, NCHW, eager, under
+``torch.inference_mode``, with the same weights; and for training a plain VGG16 perceptual loss step
+(relu2_2 content; relu1_2/2_2/3_3/4_3 style; Adam). Times are medians after warm-up (min/max shown);
+peak RSS is measured in child processes. Run it alone: other jobs on the machine distort it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from fastnst.hardware import cpu_flags, cpu_name, native_bf16_cpu, plan_for  # noqa: E402
+from fastnst.net import TransformerNet, count_flops  # noqa: E402
+from fastnst.stylize import Stylizer  # noqa: E402
+
+FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+# --------------------------------------------------------------------------- the plain reference
+
+
+class PlainJohnson(nn.Module):
+    """Johnson et al. written the plain way: explicit ReflectionPad2d + Conv2d, IN, ReLU; fp32 eager."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def conv(i: int, o: int, k: int, s: int = 1) -> list[nn.Module]:
+            return [nn.ReflectionPad2d(k // 2), nn.Conv2d(i, o, k, s)]
+
+        def block(i: int, o: int, k: int, s: int = 1, up: bool = False) -> list[nn.Module]:
+            return ([nn.Upsample(scale_factor=2, mode="nearest")] if up else []) + conv(i, o, k, s) + [nn.InstanceNorm2d(o, affine=True), nn.ReLU()]
+
+        self.head = nn.Sequential(*block(3, 32, 9), *block(32, 64, 3, 2), *block(64, 128, 3, 2))
+        self.res = nn.ModuleList(
+            nn.Sequential(*conv(128, 128, 3), nn.InstanceNorm2d(128, affine=True), nn.ReLU(), *conv(128, 128, 3), nn.InstanceNorm2d(128, affine=True))
+            for _ in range(5)
+        )
+        self.tail = nn.Sequential(*block(128, 64, 3, up=True), *block(64, 32, 3, up=True), *conv(32, 3, 9))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.head(x)
+        for r in self.res:
+            h = h + r(h)
+        return torch.sigmoid(self.tail(h))
+
+    def load_from(self, net: TransformerNet) -> PlainJohnson:
+        """Copy weights from a fastnst TransformerNet (same tensors, in module order)."""
+        src = [t for t in net.state_dict().values()]
+        dst = self.state_dict()
+        assert len(src) == len(dst)
+        self.load_state_dict({k: v.clone() for k, v in zip(dst, src)})
+        return self
+
+
+def plain_gram(f: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = f.shape
+    f = f.reshape(n, c, h * w)
+    return f.bmm(f.transpose(1, 2)) / (c * h * w)
+
+
+class PlainLoss(nn.Module):
+    """pytorch/examples-style perceptual loss: torchvision VGG16 sliced at relu1_2/2_2/3_3/4_3."""
+
+    def __init__(self, vgg_features: nn.Sequential, style: torch.Tensor, beta: float = 1e5, tv: float = 10.0) -> None:
+        super().__init__()
+        self.slices = nn.ModuleList([vgg_features[:4], vgg_features[4:9], vgg_features[9:16], vgg_features[16:23]])
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        self.beta, self.tv = beta, tv
+        with torch.no_grad():
+            self.targets = [plain_gram(f) for f in self.features(style)]
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out, h = [], (x - self.mean) / self.std
+        for s in self.slices:
+            h = s(h)
+            out.append(h)
+        return out
+
+    def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        fy, fx = self.features(y), self.features(x)
+        content = F.mse_loss(fy[1], fx[1])
+        style = sum(F.mse_loss(plain_gram(a), t.expand(len(y), -1, -1)) for a, t in zip(fy, self.targets))
+        tv = (y[..., 1:, :] - y[..., :-1, :]).pow(2).mean() + (y[..., 1:] - y[..., :-1]).pow(2).mean()
+        return content + self.beta * style + self.tv * tv
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = torch.mean((a.float() - b.float()) ** 2).item()
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+
+
+def matmul_peak(dtype: torch.dtype, device: str, repeats: int) -> float:
+    n = 4096 if device == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+
+    def run() -> None:
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    t = timed(run, repeats, warmup=2)["min_s"]
+    return 2 * n**3 / t / 1e9
+
+
+def trained_like_net(base_channels: int = 32, blocks: int = 5) -> TransformerNet:
+    torch.manual_seed(0)
+    net = TransformerNet(base_channels, blocks).eval()
+    for m in net.modules():  # norms as after training, so precision differences show up
+        if isinstance(m, nn.InstanceNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return net
+
+
+def child_peak(code: str, timeout: float = 1800) -> dict[str, float]:
+    """Run python code in a fresh process; its peak RSS (MiB) and wall time (s)."""
+    # VmHWM, not ru_maxrss: a child forked from this (large) process inherits its ru_maxrss across exec.
+    wrapper = code + "\nfor line in open('/proc/self/status'):\n    if line.startswith('VmHWM'):\n        print('PEAK_KB', line.split()[1])\n"
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    kb = int(out.stdout.split("PEAK_KB")[-1].split()[0])
+    return {"peak_rss_mib": kb / 1024, "wall_s": wall}
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def section_machine() -> dict[str, Any]:
+    flags = cpu_flags()
+    info = {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "flags": [f for f in FLAGS_OF_INTEREST if f in flags],
+        "native_bf16": native_bf16_cpu(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_plan": plan_for(torch.device("cpu")).reason,
+    }
+    return info
+
+
+def section_peaks(repeats: int) -> dict[str, float]:
+    peaks = {"fp32_gflops": matmul_peak(torch.float32, "cpu", repeats)}
+    peaks["bf16_gflops"] = matmul_peak(torch.bfloat16, "cpu", repeats)
+    # bf16 counts as the machine's peak only where it is native; emulated bf16 is not a peak anyone should chase.
+    peaks["best_gflops"] = max(peaks["fp32_gflops"], peaks["bf16_gflops"] if native_bf16_cpu() else 0.0)
+    return peaks
+
+
+def section_inference(sizes: list[tuple[int, int]], repeats: int, peak: float, compile_too: bool) -> list[dict[str, Any]]:
+    net = trained_like_net()
+    plain = PlainJohnson().load_from(net).eval()
+    slim = trained_like_net(16, 3)
+    rows = []
+    for h, w in sizes:
+        x = torch.rand(1, 3, h, w)
+        flops = count_flops(net, h, w)
+        with torch.inference_mode():
+            ref = plain(x)
+            t_plain = timed(lambda: plain(x), repeats)
+        fast = Stylizer(net, "cpu", "auto", tile=False)
+        t_fast = timed(lambda: fast(x), repeats)
+        out = fast(x)
+        base = {"size": f"{w}x{h}", "gflop": flops / 1e9}
+        rows.append(base | {"path": "plain fp32 eager (reference)", **t_plain, "gflops": flops / t_plain["median_s"] / 1e9, "speedup": 1.0, "psnr_db": float("inf")})
+        rows.append(
+            base
+            | {
+                "path": f"fastnst auto ({fast.plan.precision})",
+                **t_fast,
+                "gflops": flops / t_fast["median_s"] / 1e9,
+                "speedup": t_plain["median_s"] / t_fast["median_s"],
+                "psnr_db": psnr(out, ref),
+            }
+        )
+        if h * w <= 2048 * 2048:
+            tiled = Stylizer(net, "cpu", "auto", tile=True)
+            t_tiled = timed(lambda: tiled(x), max(1, repeats // 2))
+            rows.append(base | {"path": f"fastnst tiled ({tiled.plan.precision})", **t_tiled, "gflops": flops / t_tiled["median_s"] / 1e9, "speedup": t_plain["median_s"] / t_tiled["median_s"], "psnr_db": psnr(tiled(x), ref)})
+        s_fast = Stylizer(slim, "cpu", "auto", tile=False)
+        t_slim = timed(lambda: s_fast(x), repeats)
+        sflops = count_flops(slim, h, w)
+        rows.append(base | {"path": f"slim preset ({s_fast.plan.precision})", "gflop": sflops / 1e9, **t_slim, "gflops": sflops / t_slim["median_s"] / 1e9, "speedup": t_plain["median_s"] / t_slim["median_s"], "psnr_db": None})
+        if compile_too:
+            cnet = torch.compile(fast.net, dynamic=False)
+            xx = x.to(fast.plan.dtype)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                cnet(xx)
+            first = time.perf_counter() - t0
+            with torch.inference_mode():
+                t_c = timed(lambda: cnet(xx), repeats)
+                c_out = cnet(xx).float()
+            rows.append(base | {"path": f"torch.compile ({fast.plan.precision}), first call {first:.0f} s", **t_c, "gflops": flops / t_c["median_s"] / 1e9, "speedup": t_plain["median_s"] / t_c["median_s"], "psnr_db": psnr(c_out, ref)})
+    for r in rows:
+        r["peak_fraction"] = r["gflops"] / peak
+    return rows
+
+
+def section_cli(photo: Path, model: Path, repeats: int) -> list[dict[str, Any]]:
+    """Whole process, one photo: the plain way (import, build, load, eager fp32, save) vs fastnst.apply."""
+    plain_script = textwrap.dedent(
+        f"""
+        import sys, torch, numpy as np
+        from PIL import Image
+        sys.path.insert(0, {str(REPO / 'scripts')!r})
+        from bench import PlainJohnson
+        from fastnst.model_file import load_model
+        net, _ = load_model({str(model)!r})
+        plain = PlainJohnson().load_from(net).eval()
+        img = np.asarray(Image.open({str(photo)!r}).convert("RGB"), dtype=np.float32) / 255
+        with torch.inference_mode():
+            y = plain(torch.from_numpy(img).permute(2, 0, 1)[None])[0]
+        Image.fromarray((y.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(sys.argv[1])
+        """
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "plain.py"
+        script.write_text(plain_script)
+        runs = {
+            "plain script (fp32 eager)": [sys.executable, str(script), str(Path(tmp) / "plain.jpg")],
+            "python -m fastnst.apply": [sys.executable, "-m", "fastnst.apply", "-q", "--overwrite", "-m", str(model), "-o", str(Path(tmp) / "fast.jpg"), str(photo)],
+        }
+        for name, cmd in runs.items():
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
+                times.append(time.perf_counter() - t0)
+            rows.append({"command": name, "first_s": times[0], "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)})
+    for r in rows:
+        r["speedup_vs_plain"] = rows[0]["median_s"] / r["median_s"]
+    return rows
+
+
+def section_memory(sizes: list[tuple[int, int]], model: Path, plain_too: bool) -> list[dict[str, Any]]:
+    rows = []
+    for h, w in sizes:
+        prep = f"import torch\nfrom fastnst.model_file import load_model\nnet, _ = load_model({str(model)!r})\nx = torch.rand(3, {h}, {w})\n"
+        fast = prep + "from fastnst.stylize import Stylizer\nr = Stylizer(net, 'cpu', 'auto')\nx = (x * 255).to(torch.uint8)\nr.stylize_to_uint8(x)\n"
+        rows.append({"size": f"{w}x{h}", "path": "fastnst (banded, whole-image stats)", **child_peak(fast)})
+        if plain_too:
+            plain = prep + f"import sys\nsys.path.insert(0, {str(REPO / 'scripts')!r})\nfrom bench import PlainJohnson\np = PlainJohnson().load_from(net).eval()\nwith torch.inference_mode():\n    p(x[None])\n"
+            rows.append({"size": f"{w}x{h}", "path": "plain fp32 eager", **child_peak(plain)})
+    base = child_peak("import torch, fastnst.stylize\ntorch.zeros(1)")
+    rows.append({"size": "-", "path": "baseline: python + import torch", **base})
+    return rows
+
+
+def section_training(repeats: int, vgg_weights: str | None) -> list[dict[str, Any]]:
+    from fastnst.training.loss import build_loss
+    from fastnst.training.vgg import _make_features, load_vgg_state
+
+    torch.manual_seed(0)
+    style = torch.rand(1, 3, 256, 256)
+    batch = torch.rand(4, 3, 256, 256)
+    weights = vgg_weights or "random"
+    features = _make_features("vgg16")
+    state = load_vgg_state(weights, "vgg16")
+    if state is not None:
+        features.load_state_dict(state)
+    rows = []
+
+    # Plain: fp32 eager, both images through VGG to relu4_3, as in pytorch/examples.
+    net_p = trained_like_net().train()
+    loss_p = PlainLoss(features[:23], style)
+    opt_p = torch.optim.Adam(net_p.parameters(), 1e-3)
+    with torch.no_grad():
+        start_loss_p = loss_p(net_p(batch), batch).item()
+
+    def plain_step() -> None:
+        opt_p.zero_grad(set_to_none=True)
+        loss_p(net_p(batch), batch).backward()
+        opt_p.step()
+
+    t_plain = timed(plain_step, repeats)
+    rows.append({"path": "plain fp32 eager (reference)", **t_plain, "speedup": 1.0, "loss_same_batch": start_loss_p})
+
+    # fastnst: the training module's loss (grams once, content only to relu2_2, no VGG grads) with the precision auto picks.
+    from fastnst.training.pipeline import resolve_precision
+
+    precision = resolve_precision("auto", "cpu")
+    net_f = trained_like_net().train()
+    loss_f = build_loss("vgg16", weights, ["relu2_2"], {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}, 1.0, 1e5, 10.0)
+    loss_f.set_style(style)
+    opt_f = torch.optim.Adam(net_f.parameters(), 1e-3)
+    use_bf16 = precision.startswith("bf16")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        start_loss_f = loss_f(net_f(batch), batch)["total"].item()
+
+    def fast_step() -> None:
+        opt_f.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            total = loss_f(net_f(batch), batch)["total"]
+        total.backward()
+        opt_f.step()
+
+    t_fast = timed(fast_step, repeats)
+    rows.append({"path": f"fastnst ({precision})", **t_fast, "speedup": t_plain["median_s"] / t_fast["median_s"], "loss_same_batch": start_loss_f})
+    return rows
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt_table(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]]) -> str:
+    head = [c[1] for c in cols]
+    body = []
+    for r in rows:
+        cells = []
+        for key, _, f in cols:
+            v = r.get(key)
+            cells.append("-" if v is None else (f.format(v) if f else str(v)))
+        body.append(cells)
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(b) for b in body)])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer repeats, no 8K, no plain-memory runs (a few minutes on 2 cores)")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (tens of seconds of compilation per size)")
+    p.add_argument("--photo", type=Path, help="a 1920x1080 photo for the CLI timing (default: one is generated)")
+    p.add_argument("--vgg", default=os.environ.get("FASTNST_VGG_WEIGHTS"), help="VGG16 weights for the training step (default: random init)")
+    p.add_argument("--skip", nargs="*", default=[], choices=["inference", "cli", "memory", "training"], help="sections to leave out")
+    args = p.parse_args()
+    reps = 3 if args.quick else 5
+    results: dict[str, Any] = {"machine": section_machine()}
+    print("## Machine\n")
+    for k, v in results["machine"].items():
+        print(f"- {k}: {v}")
+    results["peaks"] = section_peaks(reps)
+    pk = results["peaks"]
+    print(f"\n## Measured peaks\n\nfp32 matmul {pk['fp32_gflops']:.0f} GFLOP/s, bf16 matmul {pk['bf16_gflops']:.0f} GFLOP/s"
+          f" ({'native' if results['machine']['native_bf16'] else 'emulated: not counted'}); best {pk['best_gflops']:.0f} GFLOP/s")
+
+    if "inference" not in args.skip:
+        results["inference"] = section_inference([(512, 512), (1080, 1920)], reps, pk["best_gflops"], args.compile)
+        print("\n## Inference, Python API, one image\n")
+        print(fmt_table(results["inference"], [("size", "size", ""), ("path", "path", ""), ("median_s", "median s", "{:.3f}"), ("min_s", "min", "{:.3f}"), ("max_s", "max", "{:.3f}"), ("gflops", "GFLOP/s", "{:.0f}"), ("peak_fraction", "of peak", "{:.0%}"), ("speedup", "vs plain", "{:.2f}x"), ("psnr_db", "PSNR dB", "{:.1f}")]))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        from fastnst.model_file import save_model
+
+        model = save_model(trained_like_net(), Path(tmp) / "bench.pt")
+        if "cli" not in args.skip:
+            photo = args.photo
+            if photo is None:
+                from fastnst.images import write_image
+
+                photo = write_image(torch.rand(3, 1080, 1920), Path(tmp) / "photo.jpg")
+            results["cli"] = section_cli(photo, model, 2 if args.quick else 3)
+            print("\n## One 1920x1080 photo from the command line (whole process)\n")
+            print(fmt_table(results["cli"], [("command", "command", ""), ("first_s", "first run s", "{:.2f}"), ("median_s", "median s", "{:.2f}"), ("speedup_vs_plain", "vs plain", "{:.2f}x")]))
+        if "memory" not in args.skip:
+            sizes = [(2160, 3840)] if args.quick else [(2160, 3840), (4320, 7680)]
+            results["memory"] = section_memory(sizes, model, plain_too=not args.quick)
+            print("\n## Large photos: peak RSS of a child process\n")
+            print(fmt_table(results["memory"], [("size", "size", ""), ("path", "path", ""), ("peak_rss_mib", "peak RSS MiB", "{:.0f}"), ("wall_s", "wall s", "{:.1f}")]))
+
+    if "training" not in args.skip:
+        results["training"] = section_training(reps, args.vgg)
+        print("\n## Training step, batch 4 of 256x256, VGG16 loss\n")
+        print(fmt_table(results["training"], [("path", "path", ""), ("median_s", "median s", "{:.2f}"), ("min_s", "min", "{:.2f}"), ("max_s", "max", "{:.2f}"), ("speedup", "vs plain", "{:.2f}x"), ("loss_same_batch", "loss, same batch", "{:.4g}")]))
+
+    results["peak_rss_parent_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
