@@ -18,6 +18,7 @@ from fastnst._progress import Progress
 from fastnst.hardware import PRECISIONS
 from fastnst.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, list_images, output_format, probe_image, read_image, write_image
 from fastnst.model_file import ModelFileError, available_models
+from fastnst.video import VIDEO_EXTENSIONS
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  python -m fastnst.apply -m starry photo.jpg -o photo_starry.jpg\n"
             "  python -m fastnst.apply -m runs/starry/last/starry.pt -o stylised/ photos/\n"
+            "  python -m fastnst.apply -m starry --preserve-color --strength 0.7 photo.jpg -o soft.jpg\n"
+            "  python -m fastnst.apply -m starry --smoothing 0.6 clip.mp4 -o clip_starry.mp4\n"
             "  python -m fastnst.apply --list-models"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -62,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="run in row bands with whole-image statistics (bounded memory, same result); auto: above 4.2 megapixels",
     )
+    p.add_argument(
+        "--preserve-color",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the photo's colours, take only the stylised luminance (default: on for models trained with loss.luminance_only)",
+    )
+    p.add_argument("--strength", type=float, default=1.0, help="style strength from 0 (the photo) to 1 (the full style; default)")
+    p.add_argument(
+        "--smoothing",
+        type=float,
+        default=0.0,
+        help="videos: temporal smoothing against flicker, 0 (off) to 0.95; static pixels are averaged over frames (default: 0)",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="images of the same size stylised together (default: 4)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never done otherwise)")
     p.add_argument(
@@ -81,7 +97,10 @@ def plan_jobs(inputs: list[Path], output: Path | None, model_name: str) -> tuple
     jobs: list[Job] = []
     errors: list[str] = []
     single_file_out = (
-        output is not None and output.suffix.lower() in IMAGE_EXTENSIONS and len(inputs) == 1 and not inputs[0].is_dir()
+        output is not None
+        and output.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+        and len(inputs) == 1
+        and not inputs[0].is_dir()
     )
     for src in inputs:
         if src.is_dir():
@@ -127,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no input images given")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if not 0.0 <= args.strength <= 1.0:
+        parser.error(f"--strength must be between 0 and 1, got {args.strength}")
+    if not 0.0 <= args.smoothing <= 0.95:
+        parser.error(f"--smoothing must be between 0 and 0.95, got {args.smoothing}")
 
     # Heavy imports after argument checks, so --help and usage errors are instant.
     import torch
@@ -134,7 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     from fastnst.stylize import Stylizer
 
     try:
-        runner = Stylizer(args.model, args.device, args.precision, tile={"auto": None, "on": True, "off": False}[args.tile])
+        runner = Stylizer(
+            args.model,
+            args.device,
+            args.precision,
+            tile={"auto": None, "on": True, "off": False}[args.tile],
+            preserve_color=args.preserve_color,
+            strength=args.strength,
+        )
     except (ModelFileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -144,6 +174,20 @@ def main(argv: list[str] | None = None) -> int:
     for msg in errors:
         print(f"error: {msg}", file=sys.stderr)
     failed = len(errors)
+    videos = [job for job in jobs if job.src.suffix.lower() in VIDEO_EXTENSIONS]
+    jobs = [job for job in jobs if job not in videos]
+    ok_videos = 0
+    for job in videos:
+        from fastnst.video import VideoError, stylize_video
+
+        try:
+            info = stylize_video(job.src, job.dst, runner, args.batch_size, args.smoothing, args.overwrite, progress=False if args.quiet else None)
+            ok_videos += 1
+            if not args.quiet:
+                print(f"wrote {job.dst} ({info['frames']} frames at {info['fps']:.3g} fps{', audio copied' if info['audio'] else ''})", file=sys.stderr)
+        except VideoError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
     ready: list[Job] = []
     seen_dst: set[Path] = set()
     for job in jobs:
@@ -187,9 +231,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"\nerror: {e}", file=sys.stderr)
                     failed += 1
                 progress.update()
+    ok += ok_videos
     if len(ready) == 1 and ok == 1 and not args.quiet:
         print(f"wrote {ready[0].dst}", file=sys.stderr)
-    if failed or len(ready) > 1:
+    if failed or len(ready) + len(videos) > 1:
         print(f"{ok} ok, {failed} failed", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
 

@@ -14,6 +14,7 @@ from typing import Any, overload
 import torch
 from PIL import Image
 
+from fastnst.color import blend, preserve_color
 from fastnst.hardware import plan_for
 from fastnst.images import photo_from_pil, read_image, to_pil
 from fastnst.model_file import load_model
@@ -46,7 +47,9 @@ class Stylizer:
     :mod:`fastnst.hardware`): bf16 on GPUs and on CPUs with native bf16, fp32 elsewhere;
     ``"fp32"``, ``"bf16"`` or ``"fp16"`` force one. ``tile`` chooses the banded runner of
     :mod:`fastnst.tiled` (whole-image statistics, bounded memory): ``None`` (auto) for images
-    over :data:`TILE_PIXELS`, ``True`` always, ``False`` never.
+    over :data:`TILE_PIXELS`, ``True`` always, ``False`` never. ``preserve_color`` keeps the photo's
+    colours (default: only for models trained with ``loss.luminance_only``); ``strength`` in [0, 1]
+    blends from the photo (0) to the full stylisation (1), see :mod:`fastnst.color`.
     """
 
     def __init__(
@@ -56,14 +59,30 @@ class Stylizer:
         precision: str = "auto",
         tile: bool | None = None,
         band_rows: int | None = None,
+        preserve_color: bool | None = None,
+        strength: float = 1.0,
     ) -> None:
         self.device = select_device(device)
         self.plan = plan_for(self.device, precision)
         self.tile = tile
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be between 0 and 1, got {strength}")
+        self.strength = float(strength)
+        self.onnx: Any = None
+        if not isinstance(model, TransformerNet) and str(model).endswith(".onnx"):
+            from fastnst.export import OnnxStylizer  # onnxruntime only when an .onnx model is used
+
+            self.onnx = OnnxStylizer(model, str(self.device))
+            self.metadata = self.onnx.metadata
+            self.preserve_color = bool(preserve_color)
+            self.tile = False
+            return
         if isinstance(model, TransformerNet):
             net, self.metadata = model, {}
         else:
             net, self.metadata = load_model(model)
+        # A model trained on luminance only is meant to be applied with the photo's colours.
+        self.preserve_color = bool(self.metadata.get("luminance_only", False)) if preserve_color is None else preserve_color
         # A private copy in the plan's dtype: weights cast once, not on every call (the caller's net is untouched).
         self.net = copy.deepcopy(net).to(self.device, self.plan.dtype).eval()
         if self.plan.channels_last:
@@ -83,13 +102,34 @@ class Stylizer:
         """Stylise a float batch in [0, 1]; the result is on the input's device, float32, in (0, 1)."""
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected an (N, 3, H, W) batch, got shape {tuple(batch.shape)}")
-        if self.uses_tiles(*batch.shape[-2:]):
+        if self.onnx is not None:
+            out = self.onnx(batch.float().cpu()).to(batch.device)
+        elif self.uses_tiles(*batch.shape[-2:]):
             runner = self._tiled_for(*batch.shape[-2:])
-            return torch.stack([runner(img.to(self.device, self.plan.dtype)) for img in batch]).to(batch.device)
-        x = batch.to(self.device, self.plan.dtype)
-        if self.plan.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x).float().contiguous().to(batch.device)
+            out = torch.stack([runner(img.to(self.device, self.plan.dtype)) for img in batch]).to(batch.device)
+        else:
+            x = batch.to(self.device, self.plan.dtype)
+            if self.plan.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = self.net(x).float().contiguous().to(batch.device)
+        return self.postprocess(out, batch)
+
+    def postprocess(self, out: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
+        """Colour preservation, then strength (see :mod:`fastnst.color`); float in, float out."""
+        if self.preserve_color:
+            out = preserve_color(out, photo)
+        return blend(out, photo, self.strength)
+
+    def _postprocess_uint8(self, out: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
+        """:meth:`postprocess` on uint8 images, a band of rows at a time (no full-size float copies)."""
+        if not self.preserve_color and self.strength == 1.0:
+            return out
+        for r in range(0, out.shape[-2], 256):
+            o = out[:, r : r + 256].float() / 255
+            p = photo[:, r : r + 256]
+            p = p.float() / 255 if p.dtype == torch.uint8 else p.float()
+            out[:, r : r + 256] = self.postprocess(o, p).mul(255).round_().clamp_(0, 255).to(torch.uint8)
+        return out
 
     def stylize_to_uint8(self, image: torch.Tensor) -> torch.Tensor:
         """One (3, H, W) image (float in [0, 1] or uint8) to a (3, H, W) uint8 tensor.
@@ -99,7 +139,7 @@ class Stylizer:
         if self.uses_tiles(*image.shape[-2:]):
             out = torch.empty(image.shape, dtype=torch.uint8)
             src = image if image.dtype == torch.uint8 else image.to(self.device, self.plan.dtype)
-            return self._tiled_for(*image.shape[-2:])(src, out=out)
+            return self._postprocess_uint8(self._tiled_for(*image.shape[-2:])(src, out=out), image)
         if image.dtype == torch.uint8:
             image = image.float() / 255
         return self(image.unsqueeze(0))[0].mul(255).round_().clamp_(0, 255).to(torch.uint8)

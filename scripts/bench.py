@@ -229,6 +229,15 @@ def section_inference(sizes: list[tuple[int, int]], repeats: int, peak: float, c
         t_slim = timed(lambda: s_fast(x), repeats)
         sflops = count_flops(slim, h, w)
         rows.append(base | {"path": f"slim preset ({s_fast.plan.precision})", "gflop": sflops / 1e9, **t_slim, "gflops": sflops / t_slim["median_s"] / 1e9, "speedup": t_plain["median_s"] / t_slim["median_s"], "psnr_db": None})
+        onnx_path = _onnx_model(net)
+        if onnx_path is not None:
+            import onnxruntime as ort
+
+            session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+            feed = {session.get_inputs()[0].name: x.numpy()}
+            t_onnx = timed(lambda: session.run(None, feed), repeats)
+            y_onnx = torch.from_numpy(session.run(None, feed)[0])
+            rows.append(base | {"path": "onnxruntime (fp32, CPU)", **t_onnx, "gflops": flops / t_onnx["median_s"] / 1e9, "speedup": t_plain["median_s"] / t_onnx["median_s"], "psnr_db": psnr(y_onnx, ref)})
         if compile_too:
             cnet = torch.compile(fast.net, dynamic=False)
             xx = x.to(fast.plan.dtype)
@@ -243,6 +252,26 @@ def section_inference(sizes: list[tuple[int, int]], repeats: int, peak: float, c
     for r in rows:
         r["peak_fraction"] = r["gflops"] / peak
     return rows
+
+
+_ONNX_CACHE: dict[int, Path | None] = {}
+
+
+def _onnx_model(net: TransformerNet) -> Path | None:
+    """The network exported to ONNX once per run (None where onnx/onnxscript/onnxruntime are missing)."""
+    if id(net) not in _ONNX_CACHE:
+        try:
+            import onnxruntime  # noqa: F401
+
+            from fastnst.export import export_onnx
+
+            path = Path(tempfile.mkdtemp()) / "bench.onnx"
+            export_onnx(net, path, {})
+            _ONNX_CACHE[id(net)] = path
+        except Exception as e:  # noqa: BLE001 - optional row
+            print(f"(onnxruntime row skipped: {type(e).__name__}: {str(e)[:100]})", file=sys.stderr)
+            _ONNX_CACHE[id(net)] = None
+    return _ONNX_CACHE[id(net)]
 
 
 def section_cli(photo: Path, model: Path, repeats: int) -> list[dict[str, Any]]:

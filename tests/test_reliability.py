@@ -128,6 +128,14 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path) -> None:
         atomic_write(target, dies_midway)
     assert target.read_bytes() == b"good old checkpoint"
     assert list(tmp_path.iterdir()) == [target]
+    fresh = atomic_write(tmp_path / "new.bin", lambda f: f.write(b"x"))
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~_current_umask()  # like any newly created file
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ---------------------------------------------------------------- unusable models

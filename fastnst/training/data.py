@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -212,7 +211,3 @@ class PhotoDataModule(pl.LightningDataModule):
         kwargs = self._loader_kwargs() | {"num_workers": 0, "persistent_workers": False}
         return DataLoader(PhotoDataset(self.val_files(), self.image_size), shuffle=False, **kwargs)
 
-
-def default_num_workers() -> int:
-    """One worker per two cores (at least 1): decoding must keep up without starving the math."""
-    return max(1, (os.cpu_count() or 2) // 2)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastnst.color import luminance
 from fastnst.training.vgg import VGGFeatures
 
 TERMS = ("content", "style", "tv", "total")
@@ -50,6 +51,9 @@ class PerceptualLoss(nn.Module):
         content_layers: VGG layer names for the content loss (e.g. ``["relu2_2"]``).
         style_layers: VGG layer name -> weight for the style loss.
         alpha, beta, tv_weight: weights of the content, style and total-variation terms.
+        luminance_only: compare luminance only (Gatys et al. 2016, colour preservation): the output,
+            the photo and the style image are reduced to their BT.601 luma before VGG, so the network
+            learns the style's strokes and contrast, not its palette; apply it with the photo's colours.
     """
 
     def __init__(
@@ -60,8 +64,10 @@ class PerceptualLoss(nn.Module):
         alpha: float = 1.0,
         beta: float = 1e5,
         tv_weight: float = 10.0,
+        luminance_only: bool = False,
     ) -> None:
         super().__init__()
+        self.luminance_only = bool(luminance_only)
         if isinstance(content_layers, str):
             content_layers = [content_layers]
         if not content_layers or not style_layers:
@@ -80,6 +86,8 @@ class PerceptualLoss(nn.Module):
         """Compute and keep the style image's Gram matrices (the targets) once."""
         if style_image.ndim == 3:
             style_image = style_image.unsqueeze(0)
+        if self.luminance_only:
+            style_image = luminance(style_image)
         param = next(self.vgg.parameters())
         feats = self.vgg(style_image.to(param.device, param.dtype), self.style_weights)
         for name in self.style_weights:
@@ -94,7 +102,7 @@ class PerceptualLoss(nn.Module):
     @torch.no_grad()
     def content_features(self, content: torch.Tensor) -> dict[str, torch.Tensor]:
         """The photo's content-layer features, without gradient, VGG run only as deep as needed."""
-        return self.vgg(content, self.content_layers)
+        return self.vgg(luminance(content) if self.luminance_only else content, self.content_layers)
 
     def forward(
         self, output: torch.Tensor, content: torch.Tensor, content_features: dict[str, torch.Tensor] | None = None
@@ -105,7 +113,8 @@ class PerceptualLoss(nn.Module):
         """
         if content_features is None:
             content_features = self.content_features(content)
-        feats = self.vgg(output, [*self.content_layers, *self.style_weights])
+        seen = luminance(output) if self.luminance_only else output
+        feats = self.vgg(seen, [*self.content_layers, *self.style_weights])
         zero = output.new_zeros((), dtype=torch.float32)
         c_loss = sum((F.mse_loss(feats[n].float(), content_features[n].float()) for n in self.content_layers), zero)
         s_loss = zero
@@ -125,10 +134,11 @@ def build_loss(
     alpha: float = 1.0,
     beta: float = 1e5,
     tv_weight: float = 10.0,
+    luminance_only: bool = False,
 ) -> PerceptualLoss:
     """A :class:`PerceptualLoss` with its VGG built from names (what the ``loss`` config group holds)."""
     if isinstance(content_layers, str):
         content_layers = [content_layers]
     style_layers = dict(style_layers or {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0})
     vgg = VGGFeatures(arch, [*content_layers, *style_layers], weights)
-    return PerceptualLoss(vgg, content_layers, style_layers, alpha, beta, tv_weight)
+    return PerceptualLoss(vgg, content_layers, style_layers, alpha, beta, tv_weight, luminance_only)

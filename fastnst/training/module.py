@@ -33,7 +33,7 @@ class StyleTransferModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.net = TransformerNet(model["base_channels"], model["num_residual_blocks"])
-        loss_args = {k: loss[k] for k in ("arch", "weights", "content_layers", "style_layers", "alpha", "beta", "tv_weight") if k in loss}
+        loss_args = {k: loss[k] for k in ("arch", "weights", "content_layers", "style_layers", "alpha", "beta", "tv_weight", "luminance_only") if k in loss}
         self.loss: PerceptualLoss = build_loss(**loss_args)
         style_path = resolve_style_image(style.get("image"), style.get("url"), style.get("sha256"))
         self.loss.set_style(load_style_image(style_path, style.get("image_size")))

@@ -149,6 +149,7 @@ def model_metadata(cfg: Mapping[str, Any], steps: int, seconds: float, precision
         "alpha": float(loss["alpha"]),
         "beta": float(loss["beta"]),
         "tv_weight": float(loss["tv_weight"]),
+        "luminance_only": bool(loss.get("luminance_only", False)),
         "vgg": loss["arch"],
         "content_layers": list(loss["content_layers"]),
         "style_layers": {k: float(v) for k, v in loss["style_layers"].items()},
