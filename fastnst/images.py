@@ -58,13 +58,18 @@ class Photo:
 
 
 def list_images(root: str | os.PathLike[str]) -> list[Path]:
-    """Image files below ``root`` (recursive, sorted, by extension, hidden files skipped)."""
-    root = Path(root)
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
-    )
+    """Image files below ``root`` (recursive, following symlinked folders once, sorted, hidden files skipped)."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link cycle, or the same folder linked twice
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(folder) / f for f in files if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(p for p in found if p.is_file())
 
 
 @contextmanager

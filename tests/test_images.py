@@ -102,3 +102,7 @@ def test_list_images_recursive_and_filtered(photo_dir: Path, tmp_path: Path) -> 
     assert len(files) == 6 and any(f.parent.name == "sub" for f in files)
     (tmp_path / "notes.txt").write_text("x")
     assert list_images(tmp_path) == []
+    # Symlinked folders are followed (datasets are often linked in), cycles are not looped over.
+    (tmp_path / "linked").symlink_to(photo_dir, target_is_directory=True)
+    (tmp_path / "loop").symlink_to(tmp_path, target_is_directory=True)
+    assert len(list_images(tmp_path)) == 6
