@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from fastnst._io import atomic_write
@@ -171,6 +172,18 @@ def photo_from_pil(img: Image.Image, as_uint8: bool = False) -> Photo:
     # Carry a colour profile only where it describes RGB data (a CMYK profile would be wrong on RGB).
     keep_icc = icc if isinstance(icc, bytes) and icc[16:20] == b"RGB " else None
     return Photo(rgb=rgb, alpha=alpha, icc_profile=keep_icc)
+
+
+def resize_long_side(rgb: torch.Tensor, size: int | None) -> torch.Tensor:
+    """(..., 3, H, W) float resized (bilinear, antialiased) so the longer side is ``size``; None: unchanged."""
+    h, w = rgb.shape[-2:]
+    if not size or max(h, w) == size:
+        return rgb
+    scale = size / max(h, w)
+    new = (max(1, round(h * scale)), max(1, round(w * scale)))
+    batch = rgb if rgb.ndim == 4 else rgb.unsqueeze(0)
+    out = F.interpolate(batch.float(), size=new, mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
+    return out if rgb.ndim == 4 else out[0]
 
 
 def to_pil(rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:

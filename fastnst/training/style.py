@@ -22,9 +22,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-import torch.nn.functional as F
 
-from fastnst.images import ImageError, read_image
+from fastnst.images import ImageError, read_image, resize_long_side
 
 
 class StyleImageError(RuntimeError):
@@ -93,12 +92,6 @@ def resolve_style_image(image: str | None = None, url: str | None = None, sha256
 def load_style_image(path: str | os.PathLike[str], image_size: int | None) -> torch.Tensor:
     """(3, H, W) float in [0, 1], resized (antialiased) so its longer side is ``image_size`` (None: as is)."""
     try:
-        rgb = read_image(path).rgb
+        return resize_long_side(read_image(path).rgb, image_size)
     except ImageError as e:
         raise StyleImageError(str(e)) from None
-    if image_size:
-        h, w = rgb.shape[-2:]
-        scale = image_size / max(h, w)
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        rgb = F.interpolate(rgb.unsqueeze(0), size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp_(0, 1)
-    return rgb

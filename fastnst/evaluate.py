@@ -1,0 +1,161 @@
+"""Score a model on held-out photos, optionally against the Gatys reference.
+
+    python -m fastnst.evaluate -m starry --photos coco128/val --size 512 --gatys 100 300 --json eval.json --grid grid.png
+
+For each photo (resized so its longer side is ``--size``): the model's content, style, TV and total
+loss under the model's own loss settings (the training loss module); with ``--gatys``, the same for
+Gatys et al. image optimisation at those L-BFGS iteration counts, the ratio model-total /
+Gatys-total, and the speed ratio. Prints a table, writes JSON and a sample grid
+(photo | model | Gatys at the largest count). The API is :func:`evaluate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TERMS = ("content", "style", "tv", "total")
+
+
+def evaluate(
+    model: str,
+    photos: list[Path],
+    size: int = 512,
+    gatys: list[int] | None = None,
+    weights: str = "imagenet",
+    style_image: str | None = None,
+    precision: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Mean loss terms of ``model`` (and of Gatys at each count in ``gatys``) over ``photos``; see the module doc."""
+    from fastnst.images import read_image, resize_long_side
+    from fastnst.stylize import Stylizer
+    from fastnst.training.reference import build_reference_loss, loss_settings, optimise_image, score
+
+    runner = Stylizer(model, "cpu" if not torch.cuda.is_available() else "auto", precision)
+    settings = loss_settings(runner.metadata, style_image=style_image)
+    loss = build_reference_loss(settings, weights, runner.device)
+    per_photo: list[dict[str, Any]] = []
+    samples: list[list[torch.Tensor]] = []
+    model_seconds = 0.0
+    for i, path in enumerate(photos):
+        photo = resize_long_side(read_image(path).rgb, size)[None].to(runner.device)
+        runner(photo)  # warm-up at this size, so the timing is the steady state
+        t0 = time.perf_counter()
+        out = runner(photo)
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize()
+        model_seconds += time.perf_counter() - t0
+        row: dict[str, Any] = {"photo": path.name, "model": score(loss, out, photo)}
+        panel = [photo[0].cpu(), out[0].cpu()]
+        if gatys:
+            images, _, seconds = optimise_image(loss, photo, gatys)
+            for n in gatys:
+                row[f"gatys{n}"] = score(loss, images[n], photo) | {"seconds": seconds[n]}
+            panel.append(images[max(gatys)][0].cpu())
+        per_photo.append(row)
+        if len(samples) < 4:
+            samples.append(panel)
+        if progress:
+            print(f"[{i + 1}/{len(photos)}] {path.name}: model total {row['model']['total']:.4g}" + "".join(f", gatys{n} {row[f'gatys{n}']['total']:.4g}" for n in gatys or []), file=sys.stderr)
+    result: dict[str, Any] = {
+        "model": str(model),
+        "metadata": runner.metadata,
+        "loss_settings": {k: v for k, v in settings.items() if k not in ("style_sha256",)},
+        "size": size,
+        "photos": len(photos),
+        "precision": runner.plan.precision,
+        "model_mean": {t: statistics.fmean(r["model"][t] for r in per_photo) for t in TERMS},
+        "model_images_per_second": len(photos) / model_seconds if model_seconds else None,
+        "per_photo": per_photo,
+    }
+    for n in gatys or []:
+        key = f"gatys{n}"
+        result[f"{key}_mean"] = {t: statistics.fmean(r[key][t] for r in per_photo) for t in TERMS}
+        result[f"{key}_seconds_per_photo"] = statistics.fmean(r[key]["seconds"] for r in per_photo)
+        result[f"ratio_total_model_over_{key}"] = result["model_mean"]["total"] / result[f"{key}_mean"]["total"]
+        result[f"ratio_content_model_over_{key}"] = result["model_mean"]["content"] / result[f"{key}_mean"]["content"]
+        result[f"speedup_over_{key}"] = result[f"{key}_seconds_per_photo"] * result["model_images_per_second"]
+    result["_samples"] = samples
+    return result
+
+
+def sample_grid(samples: list[list[torch.Tensor]], height: int = 256) -> torch.Tensor:
+    """Rows of photo | model | Gatys panels, each scaled to ``height``, on white."""
+    import torch.nn.functional as F
+
+    rows = []
+    for panels in samples:
+        scaled = [F.interpolate(p[None], size=(height, max(1, round(p.shape[-1] * height / p.shape[-2]))), mode="bilinear", antialias=True)[0] for p in panels]
+        gap = torch.ones(3, height, 4)
+        rows.append(torch.cat([t for s in scaled for t in (s, gap)][:-1], dim=2))
+    width = max(r.shape[-1] for r in rows)
+    rows = [torch.cat([r, torch.ones(3, height, width - r.shape[-1])], 2) for r in rows]
+    return torch.cat([t for r in rows for t in (r, torch.ones(3, 4, width))][:-1], dim=1).clamp(0, 1)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = ["| method | content | style | tv | total | s/photo |", "|---|---|---|---|---|---|"]
+    mm = result["model_mean"]
+    ips = result["model_images_per_second"]
+    lines.append(f"| model ({result['precision']}) | {mm['content']:.4g} | {mm['style']:.4g} | {mm['tv']:.4g} | {mm['total']:.4g} | {1 / ips:.3f} |")
+    for key in [k[:-5] for k in result if k.startswith("gatys") and k.endswith("_mean")]:
+        gm = result[f"{key}_mean"]
+        lines.append(f"| Gatys L-BFGS {key[5:]} | {gm['content']:.4g} | {gm['style']:.4g} | {gm['tv']:.4g} | {gm['total']:.4g} | {result[f'{key}_seconds_per_photo']:.1f} |")
+    for key in [k[:-5] for k in result if k.startswith("gatys") and k.endswith("_mean")]:
+        lines.append(
+            f"\nmodel / {key}: total {result[f'ratio_total_model_over_{key}']:.3f}, content {result[f'ratio_content_model_over_{key}']:.3f}, "
+            f"model is {result[f'speedup_over_{key}']:.0f}x faster per photo"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fastnst.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-m", "--model", required=True, help="model file or name")
+    p.add_argument("--photos", type=Path, required=True, help="folder of held-out photos (never trained on)")
+    p.add_argument("--size", type=int, default=512, help="longer side of each photo (default: 512)")
+    p.add_argument("--limit", type=int, help="use only the first N photos (sorted)")
+    p.add_argument("--gatys", type=int, nargs="*", default=[], help="L-BFGS iteration counts of the Gatys reference, e.g. 100 300 (slow)")
+    p.add_argument("--weights", default=os.environ.get("FASTNST_VGG_WEIGHTS", "imagenet"), help="VGG weights: imagenet, a file, or random")
+    p.add_argument("--style-image", help="local style image, if the model's style is not found by name")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--grid", type=Path, help="write a sample grid (photo | model | Gatys) here")
+    args = p.parse_args(argv)
+
+    from fastnst.images import ImageError, list_images, write_image
+    from fastnst.model_file import ModelFileError
+    from fastnst.training.style import StyleImageError
+    from fastnst.training.vgg import VGGWeightsError
+
+    try:
+        photos = list_images(args.photos) if args.photos.is_dir() else []
+        if not photos:
+            raise ValueError(f"{args.photos}: no photos found")
+        photos = photos[: args.limit] if args.limit else photos
+        result = evaluate(args.model, photos, args.size, sorted(set(args.gatys)), args.weights, args.style_image, args.precision)
+    except (ImageError, ModelFileError, StyleImageError, VGGWeightsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    samples = result.pop("_samples")
+    print(format_table(result))
+    if args.grid:
+        write_image(sample_grid(samples), args.grid, overwrite=True)
+        print(f"wrote {args.grid}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

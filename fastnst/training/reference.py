@@ -1,0 +1,130 @@
+"""The quality yardstick: Gatys et al. image optimisation with the training loss, and the loss of a model.
+
+Both ``fastnst.optimize`` and ``fastnst.evaluate`` build their :class:`PerceptualLoss` here, from the
+settings a model file records (style, alpha, beta, tv_weight, layers, VGG, style image size), so a
+model and the optimisation it is compared with are scored by the very same function as training.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from fastnst.training.loss import PerceptualLoss, build_loss
+from fastnst.training.style import load_style_image, resolve_style_image
+
+CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
+DEFAULT_STYLE_LAYERS = {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}
+
+
+def style_config(name: str) -> dict[str, Any]:
+    """The ``style/<name>.yaml`` config as a dict (image, url, sha256, image_size, alpha, beta, tv_weight)."""
+    path = CONFIGS / "style" / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (CONFIGS / "style").glob("*.yaml")))
+        raise ValueError(f"unknown style {name!r}; known: {known}")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)  # type: ignore[return-value]
+
+
+def loss_settings(metadata: Mapping[str, Any] | None = None, style: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """Loss settings from a model's metadata, else from a style config; explicit overrides win."""
+    meta = dict(metadata or {})
+    name = style or meta.get("style")
+    if not name:
+        raise ValueError("need a style: a model whose metadata names one, or --style NAME")
+    cfg = style_config(name) if (CONFIGS / "style" / f"{name}.yaml").is_file() else {}
+    settings = {
+        "style": name,
+        "style_image": None,
+        "style_url": cfg.get("url"),
+        "style_sha256": cfg.get("sha256"),
+        "style_image_size": meta.get("style_image_size", cfg.get("image_size", 512)),
+        "alpha": meta.get("alpha", cfg.get("alpha", 1.0)),
+        "beta": meta.get("beta", cfg.get("beta", 1e5)),
+        "tv_weight": meta.get("tv_weight", cfg.get("tv_weight", 10.0)),
+        "vgg": meta.get("vgg", "vgg16"),
+        "content_layers": list(meta.get("content_layers", ["relu2_2"])),
+        "style_layers": dict(meta.get("style_layers", DEFAULT_STYLE_LAYERS)),
+        "luminance_only": bool(meta.get("luminance_only", False)),
+    }
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return settings
+
+
+def build_reference_loss(settings: Mapping[str, Any], weights: str, device: str | torch.device = "cpu") -> PerceptualLoss:
+    loss = build_loss(
+        settings["vgg"],
+        weights,
+        settings["content_layers"],
+        settings["style_layers"],
+        settings["alpha"],
+        settings["beta"],
+        settings["tv_weight"],
+        settings["luminance_only"],
+    ).to(device)
+    path = resolve_style_image(settings.get("style_image"), settings.get("style_url"), settings.get("style_sha256"))
+    loss.set_style(load_style_image(path, settings["style_image_size"]))
+    return loss
+
+
+def optimise_image(
+    loss: PerceptualLoss,
+    content: torch.Tensor,
+    iterations: list[int] | int = 100,
+    optimizer: str = "lbfgs",
+    lr: float | None = None,
+) -> tuple[dict[int, torch.Tensor], list[float], dict[int, float]]:
+    """Gatys et al.: optimise the image itself, from the photo, against ``loss``.
+
+    The image is parametrised as ``sigmoid(z)`` so it stays in (0, 1), like a network's output.
+    ``iterations`` may list checkpoints (e.g. ``[100, 300]``): one optimisation runs to the largest and
+    the image is taken at each. Returns {iterations: image}, the total loss at every function
+    evaluation, and {iterations: seconds spent so far}.
+    """
+    marks = sorted({iterations} if isinstance(iterations, int) else set(iterations))
+    if optimizer not in ("lbfgs", "adam"):
+        raise ValueError(f"optimizer must be lbfgs or adam, got {optimizer!r}")
+    content = content.detach()
+    z = torch.logit(content.clamp(1e-3, 1 - 1e-3)).clone().requires_grad_(True)
+    with torch.no_grad():
+        targets = loss.content_features(content)
+    curve: list[float] = []
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        total = loss(torch.sigmoid(z), content, targets)["total"]
+        total.backward()
+        curve.append(float(total.detach()))
+        return total
+
+    images: dict[int, torch.Tensor] = {}
+    seconds: dict[int, float] = {}
+    start, done = time.perf_counter(), 0
+    if optimizer == "lbfgs":
+        opt: torch.optim.Optimizer = torch.optim.LBFGS([z], lr=lr or 1.0, history_size=50, line_search_fn="strong_wolfe", tolerance_grad=0, tolerance_change=0)
+        for mark in marks:
+            opt.param_groups[0]["max_iter"] = mark - done
+            opt.param_groups[0]["max_eval"] = int((mark - done) * 1.25)
+            opt.step(closure)
+            done = mark
+            images[mark], seconds[mark] = torch.sigmoid(z).detach().clone(), time.perf_counter() - start
+    else:
+        opt = torch.optim.Adam([z], lr=lr or 0.05)
+        for mark in marks:
+            while done < mark:
+                closure()
+                opt.step()
+                done += 1
+            images[mark], seconds[mark] = torch.sigmoid(z).detach().clone(), time.perf_counter() - start
+    return images, curve, seconds
+
+
+@torch.no_grad()
+def score(loss: PerceptualLoss, output: torch.Tensor, content: torch.Tensor) -> dict[str, float]:
+    """The loss terms (floats) of ``output`` for photo ``content``: the same numbers training logs."""
+    return {k: float(v) for k, v in loss(output.float(), content.float()).items()}

@@ -1,0 +1,78 @@
+"""fastnst.optimize and fastnst.evaluate end to end on tiny images with random VGG; one loss module (issue 5)."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_photo
+from fastnst.evaluate import evaluate, main as evaluate_main, sample_grid
+from fastnst.model_file import save_model
+from fastnst.net import TransformerNet
+from fastnst.optimize import main as optimize_main
+from fastnst.training.module import StyleTransferModule
+from fastnst.training.reference import build_reference_loss, loss_settings, optimise_image, score
+
+LAYERS = {"relu1_2": 1.0, "relu2_2": 1.0}
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    meta = {"style": "starry", "alpha": 1.0, "beta": 1e3, "tv_weight": 1.0, "content_layers": ["relu2_2"], "style_layers": LAYERS, "style_image_size": 48, "vgg": "vgg16"}
+    return save_model(TransformerNet(8, 1), tmp_path_factory.mktemp("m") / "tiny.pt", meta)
+
+
+def test_optimize_cli_lowers_the_loss_and_writes_image_and_curve(tmp_path: Path, style_file: Path) -> None:
+    torch.manual_seed(0)  # the random VGG
+    photo = make_photo(tmp_path / "p.png", (40, 32))
+    out, curve = tmp_path / "g.png", tmp_path / "curve.csv"
+    code = optimize_main([str(photo), "-o", str(out), "--style", "starry", "--style-image", str(style_file), "--weights", "random", "--size", "32", "--iterations", "15", "--curve", str(curve)])
+    assert code == 0 and out.is_file()
+    rows = list(csv.DictReader(open(curve)))
+    totals = [float(r["total"]) for r in rows]
+    assert len(totals) >= 15 and totals[-1] < 0.75 * totals[0] and totals[-1] == pytest.approx(min(totals), rel=0.05)
+    assert optimize_main([str(photo), "-o", str(out), "--style", "starry", "--style-image", str(style_file), "--weights", "random"]) == 2  # exists
+
+
+def test_adam_option_and_checkpoints(style_file: Path) -> None:
+    settings = loss_settings(None, "starry", style_image=str(style_file), beta=1e3, style_layers=LAYERS, style_image_size=32)
+    torch.manual_seed(0)
+    loss = build_reference_loss(settings, "random")
+    photo = torch.rand(1, 3, 24, 24)
+    images, curve, seconds = optimise_image(loss, photo, [5, 10], optimizer="adam")
+    assert set(images) == {5, 10} and len(curve) == 10 and seconds[10] >= seconds[5]
+    assert score(loss, images[10], photo)["total"] < score(loss, photo, photo)["total"]
+
+
+def test_evaluate_api_and_cli(model_file: Path, tmp_path: Path, style_file: Path) -> None:
+    photos = [make_photo(tmp_path / "val" / f"v{i}.jpg", (48, 36), seed=i) for i in range(2)]
+    result = evaluate(str(model_file), photos, size=32, gatys=[5, 10], weights="random", style_image=str(style_file), precision="fp32", progress=False)
+    assert result["photos"] == 2 and set(result["model_mean"]) == {"content", "style", "tv", "total"}
+    assert result["gatys10_mean"]["total"] <= result["gatys5_mean"]["total"] * 1.001
+    assert result["ratio_total_model_over_gatys10"] == pytest.approx(result["model_mean"]["total"] / result["gatys10_mean"]["total"])
+    assert result["speedup_over_gatys10"] > 1
+    grid = sample_grid(result["_samples"], height=32)
+    assert grid.shape[0] == 3 and grid.shape[1] == 2 * 32 + 4  # two rows of photo | model | Gatys
+    out_json, out_grid = tmp_path / "e.json", tmp_path / "grid.png"
+    code = evaluate_main(["-m", str(model_file), "--photos", str(tmp_path / "val"), "--size", "32", "--gatys", "5", "--weights", "random", "--style-image", str(style_file), "--json", str(out_json), "--grid", str(out_grid)])
+    assert code == 0 and out_grid.is_file()
+    data = json.loads(out_json.read_text())
+    assert data["photos"] == 2 and "gatys5_mean" in data and data["loss_settings"]["beta"] == 1e3
+
+
+def test_training_and_evaluation_compute_the_same_loss(style_file: Path) -> None:
+    torch.manual_seed(0)
+    loss_cfg = {"arch": "vgg16", "weights": "random", "content_layers": ["relu2_2"], "style_layers": LAYERS, "alpha": 2.0, "beta": 1e3, "tv_weight": 3.0}
+    module = StyleTransferModule({"base_channels": 8, "num_residual_blocks": 1}, loss_cfg, {"name": "starry", "image": str(style_file), "image_size": 40}, {"lr": 1e-3})
+    settings = loss_settings(None, "starry", style_image=str(style_file), style_image_size=40, alpha=2.0, beta=1e3, tv_weight=3.0, style_layers=LAYERS)
+    reference = build_reference_loss(settings, "random")
+    reference.vgg.load_state_dict(module.loss.vgg.state_dict())  # same random VGG in both
+    reference.set_style(__import__("fastnst.training.style", fromlist=["x"]).load_style_image(style_file, 40))
+    photos = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        out = module.net(photos)
+        train_terms = {k: float(v) for k, v in module.loss(out, photos).items()}
+    assert score(reference, out, photos) == pytest.approx(train_terms, rel=1e-6)
