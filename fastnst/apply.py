@@ -219,10 +219,18 @@ def main(argv: list[str] | None = None) -> int:
                     progress.update()
             if not photos:
                 continue
-            if tiled:
-                outs = [runner.stylize_to_uint8(p.rgb) for _, p in photos]  # one at a time, bounded memory
-            else:
-                outs = list(runner(torch.stack([p.rgb for _, p in photos])))
+            try:
+                if tiled:
+                    outs = [runner.stylize_to_uint8(p.rgb) for _, p in photos]  # one at a time, bounded memory
+                else:
+                    outs = list(runner(torch.stack([p.rgb for _, p in photos])))
+            except (ValueError, RuntimeError) as e:  # e.g. out of memory, or an image an exported model cannot take
+                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                for job, _ in photos:
+                    print(f"\nerror: {job.src}: stylising failed ({reason})", file=sys.stderr)
+                    failed += 1
+                    progress.update()
+                continue
             for (job, photo), out in zip(photos, outs):
                 try:
                     write_image(out, job.dst, photo.alpha, overwrite=args.overwrite, quality=args.quality, icc_profile=photo.icc_profile)

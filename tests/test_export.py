@@ -61,3 +61,17 @@ def test_onnx_round_trip_and_apply(model_file: Path, tmp_path: Path) -> None:
 def test_export_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert export_main(["-m", str(tmp_path / "none.pt"), "--format", "torchscript", "-o", str(tmp_path / "x.pt")]) == 2
     assert "no model file or known model" in capsys.readouterr().err
+
+
+def test_onnx_model_on_a_too_small_image_is_a_per_file_error(model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    from conftest import make_photo
+
+    onnx_file = tmp_path / "m.onnx"
+    assert export_main(["-m", str(model_file), "--format", "onnx", "-o", str(onnx_file)]) == 0
+    tiny, fine = make_photo(tmp_path / "tiny.png", (4, 4)), make_photo(tmp_path / "fine.png", (20, 16))
+    assert apply_main(["-q", "-m", str(onnx_file), "-o", str(tmp_path / "out"), str(tiny), str(fine)]) == 1
+    err = capsys.readouterr().err
+    assert "tiny.png: stylising failed (exported models need images of at least 8x8 pixels)" in err and "1 ok, 1 failed" in err
+    assert (tmp_path / "out" / "fine.png").is_file()
