@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from fastnst.color import blend, preserve_color
+from fastnst.fast_layers import fast_copy
 from fastnst.hardware import plan_for
 from fastnst.images import photo_from_pil, read_image, to_pil
 from fastnst.model_file import load_model
@@ -87,6 +88,8 @@ class Stylizer:
         self.net = copy.deepcopy(net).to(self.device, self.plan.dtype).eval()
         if self.plan.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        # Exact rewrites of the decoder's slow layers for the one-pass path on CPUs (1.2-1.4x; fastnst.fast_layers).
+        self.fast_net = fast_copy(self.net) if self.device.type == "cpu" else self.net
         # fp32 runs store the quarter-resolution activations of huge images in bf16 (half the memory, > 45 dB).
         self.tiled = TiledRunner(self.net, band_rows=band_rows)
         self.tiled_huge = TiledRunner(self.net, band_rows=band_rows, storage_dtype=torch.bfloat16)
@@ -111,7 +114,7 @@ class Stylizer:
             x = batch.to(self.device, self.plan.dtype)
             if self.plan.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = self.net(x).float().contiguous().to(batch.device)
+            out = self.fast_net(x).float().contiguous().to(batch.device)
         return self.postprocess(out, batch)
 
     def postprocess(self, out: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:

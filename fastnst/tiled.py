@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastnst.fast_layers import PhaseConv2d, SubpixelUpsampleConv
 from fastnst.net import ConvBlock, ResidualBlock, TransformerNet, pad_for_network
 
 # Overlaps, chosen above the receptive-field growth of each streamed part and multiples of 4.
@@ -203,24 +204,24 @@ class TiledRunner:
     def _decode(self, h: torch.Tensor, write: Callable[[int, int, torch.Tensor], None]) -> None:
         up1, up2 = (_conv_of(b) for b in self.net.decoder[:2])  # type: ignore[arg-type]
         final = self.net.decoder[2]
+        # Exact faster forms of "upsample then conv" and of the final conv (fastnst.fast_layers).
+        fast_up1, fast_up2, fast_final = SubpixelUpsampleConv(up1[1]), SubpixelUpsampleConv(up2[1]), PhaseConv2d(final)  # type: ignore[arg-type]
         affines: list[tuple[torch.Tensor, torch.Tensor]] = []
         rows4 = h.shape[2]
         band4 = max(1, self.band_rows // 4)
         for target in range(3):  # 0, 1: statistics of the two norms; 2: the output
             stats = _Stats((up1 if target == 0 else up2)[1].out_channels, self.device) if target < 2 else None
             for start, stop, lo, hi in _bands(rows4, band4, _DECODER_HALO):
-                y = h[:, :, lo:hi].to(self.compute_dtype)
-                y = up1[1](F.interpolate(y, scale_factor=2, mode="nearest"))
+                y = fast_up1(h[:, :, lo:hi].to(self.compute_dtype))
                 if target == 0:
                     stats.add(y[:, :, 2 * (start - lo) : 2 * (stop - lo)])  # type: ignore[union-attr]
                     continue
-                y = self._norm_relu(y, affines[0])
-                y = up2[1](F.interpolate(y, scale_factor=2, mode="nearest"))
+                y = fast_up2(self._norm_relu(y, affines[0]))
                 if target == 1:
                     stats.add(y[:, :, 4 * (start - lo) : 4 * (stop - lo)])  # type: ignore[union-attr]
                     continue
                 y = self._norm_relu(y, affines[1])
-                y = torch.sigmoid(final(y))[:, :, 4 * (start - lo) : 4 * (stop - lo)]
+                y = torch.sigmoid(fast_final(y))[:, :, 4 * (start - lo) : 4 * (stop - lo)]
                 write(4 * start, 4 * stop, y)
             if stats is not None:
                 affines.append(stats.affine((up1 if target == 0 else up2)[2]))

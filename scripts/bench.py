@@ -239,7 +239,7 @@ def section_inference(sizes: list[tuple[int, int]], repeats: int, peak: float, c
             y_onnx = torch.from_numpy(session.run(None, feed)[0])
             rows.append(base | {"path": "onnxruntime (fp32, CPU)", **t_onnx, "gflops": flops / t_onnx["median_s"] / 1e9, "speedup": t_plain["median_s"] / t_onnx["median_s"], "psnr_db": psnr(y_onnx, ref)})
         if compile_too:
-            cnet = torch.compile(fast.net, dynamic=False)
+            cnet = torch.compile(fast.fast_net, dynamic=False)
             xx = x.to(fast.plan.dtype)
             t0 = time.perf_counter()
             with torch.inference_mode():
