@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastnst._io import first_line
 from fastnst._progress import Progress
 from fastnst.hardware import PRECISIONS
 from fastnst.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, list_images, output_format, probe_image, read_image, write_image
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     outs = list(runner(torch.stack([p.rgb for _, p in photos])))
             except (ValueError, RuntimeError) as e:  # e.g. out of memory, or an image an exported model cannot take
-                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                reason = first_line(e, 200)
                 for job, _ in photos:
                     print(f"\nerror: {job.src}: stylising failed ({reason})", file=sys.stderr)
                     failed += 1

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastnst._io import first_line
 from fastnst.model_file import ModelFileError, load_model
 from fastnst.net import TransformerNet
 
@@ -89,7 +90,7 @@ class OnnxStylizer:
         try:
             self.session = ort.InferenceSession(str(path), providers=providers)
         except Exception as e:  # noqa: BLE001
-            raise ModelFileError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:160]})") from None
+            raise ModelFileError(f"{path}: not a readable ONNX model ({first_line(e)})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         self.metadata: dict[str, Any] = {"name": Path(path).stem, **meta}
         self.input_name = self.session.get_inputs()[0].name

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from fastnst._io import atomic_write
+from fastnst._io import atomic_write, first_line
 
 #: Extensions treated as images when a folder is given.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -95,13 +95,8 @@ def _open(path: Path) -> Image.Image:
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except Exception as e:  # noqa: BLE001
-        reason = "empty file" if path.exists() and path.stat().st_size == 0 else f"not a readable image ({_first_line(e)})"
+        reason = "empty file" if path.exists() and path.stat().st_size == 0 else f"not a readable image ({first_line(e)})"
         raise ImageError(f"{path}: {reason}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:160]
 
 
 def _oriented_size(img: Image.Image) -> tuple[int, int]:
@@ -162,7 +157,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
                 img.load()
                 return photo_from_pil(img, as_uint8)
         except Exception as e:  # noqa: BLE001 - truncated data, bad chunks, unsupported modes
-            raise ImageError(f"{path}: cannot decode image ({_first_line(e)})") from None
+            raise ImageError(f"{path}: cannot decode image ({first_line(e)})") from None
 
 
 def photo_from_pil(img: Image.Image, as_uint8: bool = False) -> Photo:
@@ -228,4 +223,4 @@ def write_image(
     except FileExistsError:
         raise ImageError(f"{path}: exists; not overwriting it (pass --overwrite to replace it)") from None
     except OSError as e:
-        raise ImageError(f"{path}: cannot write ({_first_line(e)})") from None
+        raise ImageError(f"{path}: cannot write ({first_line(e)})") from None

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from fastnst._io import atomic_write
+from fastnst._io import atomic_write, first_line
 from fastnst.net import TransformerNet
 
 FORMAT = "fastnst.model"
@@ -99,10 +99,10 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to unpickle means "not a model file"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e, 200)
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             first = "it holds Python objects other than tensors and plain containers; refused to unpickle them"
-        raise ModelFileError(f"{path}: not a readable fastnst model or checkpoint ({first[:200]})") from None
+        raise ModelFileError(f"{path}: not a readable fastnst model or checkpoint ({first})") from None
 
 
 def _from_lightning(path: Path, ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -142,7 +142,6 @@ def load_model(
         net = TransformerNet(**arch)
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except (TypeError, ValueError, RuntimeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise ModelFileError(f"{path}: weights do not fit the fastnst network they describe ({first[:200]})") from None
+        raise ModelFileError(f"{path}: weights do not fit the fastnst network they describe ({first_line(e, 200)})") from None
     meta.setdefault("name", path.stem)
     return net.to(device).eval(), meta

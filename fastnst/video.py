@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from fastnst._io import first_line
 from fastnst._progress import Progress
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
@@ -86,7 +87,7 @@ def stylize_video(
     try:
         inp = av.open(str(src))
     except Exception as e:  # noqa: BLE001
-        raise VideoError(f"{src}: not a readable video ({str(e).splitlines()[0][:160]})") from None
+        raise VideoError(f"{src}: not a readable video ({first_line(e)})") from None
     smoother = TemporalSmoother(smoothing)
     kept: list[torch.Tensor] = []
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix, dir=dst.parent if str(dst.parent) else ".")
@@ -151,7 +152,7 @@ def stylize_video(
     except VideoError:
         raise
     except Exception as e:  # noqa: BLE001 - corrupt streams, codec errors
-        raise VideoError(f"{src}: video processing failed ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})") from None
+        raise VideoError(f"{src}: video processing failed ({first_line(e)})") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

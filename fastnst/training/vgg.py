@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torchvision import models
 
+from fastnst._io import first_line
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -81,7 +83,7 @@ def load_vgg_state(weights: str, arch: str) -> dict[str, torch.Tensor] | None:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise VGGWeightsError(f"{path}: cannot read VGG weights ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})") from None
+        raise VGGWeightsError(f"{path}: cannot read VGG weights ({first_line(e)})") from None
     return _features_state(raw, arch, str(path))
 
 
@@ -119,7 +121,7 @@ class VGGFeatures(nn.Module):
             try:
                 full[:depth].load_state_dict(state, strict=True)
             except RuntimeError as e:
-                raise VGGWeightsError(f"VGG weights {weights!r} do not fit torchvision's {arch}: {str(e).splitlines()[0]}") from None
+                raise VGGWeightsError(f"VGG weights {weights!r} do not fit torchvision's {arch}: {first_line(e)}") from None
         self.arch = arch
         self.names = names[:depth]
         self.layers = full[:depth]
