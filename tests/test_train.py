@@ -75,3 +75,12 @@ def test_ddp_two_cpu_processes(tmp_path: Path, photo_dir: Path, style_file: Path
     assert ckpt["global_step"] == 3
     assert "distributed_backend=gloo" in result.stderr or "world_size=2" in result.stderr or "2 processes" in result.stderr
     assert (tmp_path / "ddp" / "starry.pt").is_file()
+
+
+def test_max_time_stops_the_run_and_still_writes_the_model(tmp_path: Path, photo_dir: Path, style_file: Path) -> None:
+    args = tiny_train_args(tmp_path / "timed", photo_dir, style_file, steps=1_000_000)
+    result = run_module("fastnst.train", *args, "trainer.max_time=00:00:00:04")
+    assert result.returncode == 0, result.stderr[-2000:]
+    _, meta = load_model(tmp_path / "timed" / "starry.pt")
+    assert 0 < meta["steps"] < 1_000_000
+    assert torch.load(tmp_path / "timed" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == meta["steps"]
