@@ -13,7 +13,7 @@ SHIPPED = sorted((REPO / "checkpoints").glob("*.pt"))
 
 
 def test_the_public_domain_styles_are_shipped() -> None:
-    assert {p.stem for p in SHIPPED} >= {"starry"}
+    assert {p.stem for p in SHIPPED} >= {"starry", "wave", "composition_vii"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
