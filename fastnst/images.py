@@ -181,13 +181,17 @@ def resize_long_side(rgb: torch.Tensor, size: int | None) -> torch.Tensor:
     return out if rgb.ndim == 4 else out[0]
 
 
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float in [0, 1] (anything outside is clipped) to uint8 0..255, rounded; uint8 passes through."""
+    if x.dtype == torch.uint8:
+        return x
+    return x.detach().float().clamp(0, 1).mul_(255).round_().to(torch.uint8)
+
+
 def to_pil(rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
     """(3, H, W) float in [0, 1] or uint8 (and optional (1, H, W) alpha) to an 8-bit Pillow image."""
-    if rgb.dtype != torch.uint8:
-        rgb = rgb.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
-    if alpha is not None and alpha.dtype != torch.uint8:
-        alpha = alpha.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
-    planes = rgb if alpha is None else torch.cat([rgb, alpha], 0)
+    rgb = to_uint8(rgb)
+    planes = rgb if alpha is None else torch.cat([rgb, to_uint8(alpha)], 0)
     arr = planes.permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(np.ascontiguousarray(arr), "RGB" if alpha is None else "RGBA")
 

@@ -17,7 +17,7 @@ from PIL import Image
 from fastnst.color import blend, preserve_color
 from fastnst.fast_layers import fast_copy
 from fastnst.hardware import plan_for
-from fastnst.images import photo_from_pil, read_image, to_pil
+from fastnst.images import photo_from_pil, read_image, to_pil, to_uint8
 from fastnst.model_file import load_model
 from fastnst.net import TransformerNet
 from fastnst.tiled import TiledRunner
@@ -90,12 +90,12 @@ class Stylizer:
             self.net = self.net.to(memory_format=torch.channels_last)
         # Exact rewrites of the decoder's slow layers for the one-pass path on CPUs (1.2-1.4x; fastnst.fast_layers).
         self.fast_net = fast_copy(self.net) if self.device.type == "cpu" else self.net
-        # fp32 runs store the quarter-resolution activations of huge images in bf16 (half the memory, > 45 dB).
         self.tiled = TiledRunner(self.net, band_rows=band_rows)
-        self.tiled_huge = TiledRunner(self.net, band_rows=band_rows, storage_dtype=torch.bfloat16)
 
-    def _tiled_for(self, height: int, width: int) -> TiledRunner:
-        return self.tiled_huge if height * width > HUGE_PIXELS and self.plan.dtype == torch.float32 else self.tiled
+    def _run_tiled(self, image: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        # fp32 runs store the quarter-resolution activations of huge images in bf16 (half the memory, > 45 dB).
+        huge = image.shape[-2] * image.shape[-1] > HUGE_PIXELS and self.plan.dtype == torch.float32
+        return self.tiled(image, out=out, storage_dtype=torch.bfloat16 if huge else None)
 
     def uses_tiles(self, height: int, width: int) -> bool:
         return self.tile if self.tile is not None else height * width > TILE_PIXELS
@@ -108,8 +108,7 @@ class Stylizer:
         if self.onnx is not None:
             out = self.onnx(batch.float().cpu()).to(batch.device)
         elif self.uses_tiles(*batch.shape[-2:]):
-            runner = self._tiled_for(*batch.shape[-2:])
-            out = torch.stack([runner(img.to(self.device, self.plan.dtype)) for img in batch]).to(batch.device)
+            out = torch.stack([self._run_tiled(img.to(self.device, self.plan.dtype)) for img in batch]).to(batch.device)
         else:
             x = batch.to(self.device, self.plan.dtype)
             if self.plan.channels_last:
@@ -131,7 +130,7 @@ class Stylizer:
             o = out[:, r : r + 256].float() / 255
             p = photo[:, r : r + 256]
             p = p.float() / 255 if p.dtype == torch.uint8 else p.float()
-            out[:, r : r + 256] = self.postprocess(o, p).mul(255).round_().clamp_(0, 255).to(torch.uint8)
+            out[:, r : r + 256] = to_uint8(self.postprocess(o, p))
         return out
 
     def stylize_to_uint8(self, image: torch.Tensor) -> torch.Tensor:
@@ -142,10 +141,10 @@ class Stylizer:
         if self.uses_tiles(*image.shape[-2:]):
             out = torch.empty(image.shape, dtype=torch.uint8)
             src = image if image.dtype == torch.uint8 else image.to(self.device, self.plan.dtype)
-            return self._postprocess_uint8(self._tiled_for(*image.shape[-2:])(src, out=out), image)
+            return self._postprocess_uint8(self._run_tiled(src, out=out), image)
         if image.dtype == torch.uint8:
             image = image.float() / 255
-        return self(image.unsqueeze(0))[0].mul(255).round_().clamp_(0, 255).to(torch.uint8)
+        return to_uint8(self(image.unsqueeze(0))[0])
 
 
 @overload

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastnst.fast_layers import PhaseConv2d, SubpixelUpsampleConv
+from fastnst.images import to_uint8
 from fastnst.net import ConvBlock, ResidualBlock, TransformerNet, pad_for_network
 
 # Overlaps, chosen above the receptive-field growth of each streamed part and multiples of 4.
@@ -113,7 +114,12 @@ class TiledRunner:
         param = next(net.parameters())
         self.device = param.device
         self.compute_dtype = compute_dtype or param.dtype
-        self.storage_dtype = storage_dtype or self.compute_dtype
+        self.default_storage_dtype = storage_dtype or self.compute_dtype
+        self.storage_dtype = self.default_storage_dtype
+        # Exact faster forms of "upsample then conv" and of the final conv (fastnst.fast_layers), built once.
+        up1, up2 = (_conv_of(b) for b in net.decoder[:2])  # type: ignore[arg-type]
+        self.fast_up1, self.fast_up2 = SubpixelUpsampleConv(up1[1]), SubpixelUpsampleConv(up2[1])
+        self.fast_final = PhaseConv2d(net.decoder[2])  # type: ignore[arg-type]
 
     # -- building blocks ------------------------------------------------------------------
 
@@ -203,9 +209,7 @@ class TiledRunner:
 
     def _decode(self, h: torch.Tensor, write: Callable[[int, int, torch.Tensor], None]) -> None:
         up1, up2 = (_conv_of(b) for b in self.net.decoder[:2])  # type: ignore[arg-type]
-        final = self.net.decoder[2]
-        # Exact faster forms of "upsample then conv" and of the final conv (fastnst.fast_layers).
-        fast_up1, fast_up2, fast_final = SubpixelUpsampleConv(up1[1]), SubpixelUpsampleConv(up2[1]), PhaseConv2d(final)  # type: ignore[arg-type]
+        fast_up1, fast_up2, fast_final = self.fast_up1, self.fast_up2, self.fast_final
         affines: list[tuple[torch.Tensor, torch.Tensor]] = []
         rows4 = h.shape[2]
         band4 = max(1, self.band_rows // 4)
@@ -227,17 +231,19 @@ class TiledRunner:
                 affines.append(stats.affine((up1 if target == 0 else up2)[2]))
 
     @torch.inference_mode()
-    def __call__(self, image: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, out: torch.Tensor | None = None, storage_dtype: torch.dtype | None = None) -> torch.Tensor:
         """Stylise one (3, H, W) image, float in [0, 1] or uint8 (kept as uint8: a quarter of the memory).
 
         The result goes into ``out`` if given (a (3, H, W) float or uint8 tensor; uint8 is scaled to
-        0..255 and rounded), else into a new float32 tensor.
+        0..255 and rounded), else into a new float32 tensor. ``storage_dtype`` overrides, for this call,
+        the dtype of the stored quarter-resolution activations.
         """
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a (3, H, W) image, got shape {tuple(image.shape)}")
         height, width = image.shape[1:]
         if self.fixed_band_rows is None:
             self.band_rows = max(64, min(512, (500_000 // max(width, 1)) // 16 * 16))
+        self.storage_dtype = storage_dtype or self.default_storage_dtype
         padded, (top, left) = pad_for_network(image.unsqueeze(0))
         if out is None:
             out = torch.empty((3, height, width), dtype=torch.float32)
@@ -248,9 +254,7 @@ class TiledRunner:
             if a >= b:
                 return
             piece = y[0, :, a - r0 : b - r0, left : left + width].float().cpu()
-            if out.dtype == torch.uint8:
-                piece = piece.mul(255).round_().clamp_(0, 255)
-            out[:, a - top : b - top] = piece.to(out.dtype)
+            out[:, a - top : b - top] = to_uint8(piece) if out.dtype == torch.uint8 else piece.to(out.dtype)
 
         h = self._encode(padded)
         del padded

@@ -25,6 +25,7 @@ import torch
 
 from fastnst._io import first_line
 from fastnst._progress import Progress
+from fastnst.images import to_uint8
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 _MOTION_SCALE = 0.05  # input change (mean abs, 0..1) at which smoothing falls to 1/e
@@ -120,7 +121,7 @@ def stylize_video(
                         frame_out = smoother(frame_in, frame_out)
                         if keep_frames:
                             kept.append(frame_out.clone())
-                        arr = frame_out.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+                        arr = to_uint8(frame_out).permute(1, 2, 0).contiguous().numpy()
                         vf = av.VideoFrame.from_ndarray(arr, format="rgb24")
                         vf.pts = count
                         vf.time_base = Fraction(1) / rate
