@@ -23,6 +23,52 @@ from typing import Any
 import torch
 
 TERMS = ("content", "style", "tv", "total")
+LUMA = (0.299, 0.587, 0.114)
+
+
+def spectral_peak(image: torch.Tensor, periods: tuple[int, ...] = (2, 4)) -> float:
+    """Checkerboard measure of a (3, H, W) image: the largest ratio, over patterns that repeat every
+    ``periods`` pixels along rows or columns, of the luminance spectrum's power at that frequency to
+    the power of its neighbouring frequencies. Smooth spectra (photos, brush strokes) give about 1;
+    the checkerboard of a deconvolution decoder gives a spike (tens)."""
+    luma = sum(w * c for w, c in zip(LUMA, image.float()))
+    power = torch.fft.fft2(luma - luma.mean()).abs().square()
+    worst = 0.0
+    for axis in (0, 1):
+        profile = power.mean(dim=1 - axis)  # power per frequency along this axis
+        n = profile.shape[0]
+        for period in periods:
+            k = round(n / period)
+            if n < 8 * period:
+                continue
+            around = torch.cat([profile[k - 3 : k - 1], profile[(k + 2) % n : (k + 4) % n or None]])
+            worst = max(worst, float(profile[k] / around.mean().clamp_min(1e-12)))
+    return worst
+
+
+def border_step(image: torch.Tensor, band: int = 8) -> float:
+    """Border artefact measure, in 8-bit levels: the mean over the four sides of the largest per-channel
+    difference between the mean colour of the outermost ``band`` pixels and of the band inside it."""
+    img = image.float() * 255
+    sides = [
+        (img[:, :band], img[:, band : 2 * band]),
+        (img[:, -band:], img[:, -2 * band : -band]),
+        (img[:, :, :band], img[:, :, band : 2 * band]),
+        (img[:, :, -band:], img[:, :, -2 * band : -band]),
+    ]
+    return float(sum((a.mean(dim=(1, 2)) - b.mean(dim=(1, 2))).abs().max() for a, b in sides) / 4)
+
+
+def artefacts(out: torch.Tensor, photo: torch.Tensor) -> dict[str, float]:
+    """Checkerboard and border measures of a stylised (3, H, W) image next to its photo's, and its range."""
+    return {
+        "checkerboard": spectral_peak(out),
+        "checkerboard_photo": spectral_peak(photo),
+        "border_step": border_step(out),
+        "border_step_photo": border_step(photo),
+        "min": float(out.min()),
+        "max": float(out.max()),
+    }
 
 
 def evaluate(
@@ -54,7 +100,7 @@ def evaluate(
         if runner.device.type == "cuda":
             torch.cuda.synchronize()
         model_seconds += time.perf_counter() - t0
-        row: dict[str, Any] = {"photo": path.name, "model": score(loss, out, photo)}
+        row: dict[str, Any] = {"photo": path.name, "model": score(loss, out, photo), "artefacts": artefacts(out[0].cpu(), photo[0].cpu())}
         panel = [photo[0].cpu(), out[0].cpu()]
         if gatys:
             images, _, seconds = optimise_image(loss, photo, gatys)
@@ -75,6 +121,12 @@ def evaluate(
         "precision": runner.plan.precision,
         "model_mean": {t: statistics.fmean(r["model"][t] for r in per_photo) for t in TERMS},
         "model_images_per_second": len(photos) / model_seconds if model_seconds else None,
+        "artefacts_worst": {
+            "checkerboard": max(r["artefacts"]["checkerboard"] for r in per_photo),
+            "border_step": max(r["artefacts"]["border_step"] for r in per_photo),
+            "min": min(r["artefacts"]["min"] for r in per_photo),
+            "max": max(r["artefacts"]["max"] for r in per_photo),
+        },
         "per_photo": per_photo,
     }
     for n in gatys or []:
@@ -110,6 +162,11 @@ def format_table(result: dict[str, Any]) -> str:
     for key in [k[:-5] for k in result if k.startswith("gatys") and k.endswith("_mean")]:
         gm = result[f"{key}_mean"]
         lines.append(f"| Gatys L-BFGS {key[5:]} | {gm['content']:.4g} | {gm['style']:.4g} | {gm['tv']:.4g} | {gm['total']:.4g} | {result[f'{key}_seconds_per_photo']:.1f} |")
+    a = result["artefacts_worst"]
+    lines.append(
+        f"\nartefacts (worst photo): checkerboard peak {a['checkerboard']:.2f} (about 1 = none), "
+        f"border step {a['border_step']:.1f}/255, output range [{a['min']:.3f}, {a['max']:.3f}]"
+    )
     for key in [k[:-5] for k in result if k.startswith("gatys") and k.endswith("_mean")]:
         lines.append(
             f"\nmodel / {key}: total {result[f'ratio_total_model_over_{key}']:.3f}, content {result[f'ratio_content_model_over_{key}']:.3f}, "

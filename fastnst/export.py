@@ -39,13 +39,17 @@ class ExportableNet(nn.Module):
     def __init__(self, net: TransformerNet) -> None:
         super().__init__()
         self.encoder, self.residuals, self.decoder = net.encoder, net.residuals, net.decoder
+        self.global_skip = net.global_skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
         ph, pw = (4 - h % 4) % 4, (4 - w % 4) % 4
         top, left = ph // 2, pw // 2
         x = F.pad(x, [left, pw - left, top, ph - top], mode="reflect")
-        y = torch.sigmoid(self.decoder(self.residuals(self.encoder(x))))
+        y = self.decoder(self.residuals(self.encoder(x)))
+        if self.global_skip:
+            y = y + torch.logit(x.clamp(1e-3, 1 - 1e-3))
+        y = torch.sigmoid(y)
         return y[:, :, top : top + h, left : left + w]
 
 

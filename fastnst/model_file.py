@@ -111,7 +111,7 @@ def _from_lightning(path: Path, ckpt: dict[str, Any]) -> tuple[dict[str, Any], d
     state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     if not isinstance(arch, dict) or not state:
         raise ModelFileError(f"{path}: a Lightning checkpoint, but not one written by fastnst.train (no transformer weights)")
-    arch = {k: arch[k] for k in ("base_channels", "num_residual_blocks") if k in arch}
+    arch = {k: arch[k] for k in ("base_channels", "num_residual_blocks", "global_skip") if k in arch}
     meta = {
         "style": (hparams.get("style") or {}).get("name"),
         "steps": ckpt.get("global_step"),

@@ -77,9 +77,13 @@ class TransformerNet(nn.Module):
     Args:
         base_channels: width of the first stage; the encoder doubles it twice (paper: 32).
         num_residual_blocks: residual blocks at 1/4 resolution (paper: 5).
+        global_skip: predict a change to the photo, ``sigmoid(logit(photo) + decoder(...))``, with the
+            last conv zero-initialised so a new network returns the photo itself. Not in the paper;
+            training starts where Gatys et al. start (from the photo) and keeps the content far
+            better early on (docs/training.md).
     """
 
-    def __init__(self, base_channels: int = 32, num_residual_blocks: int = 5) -> None:
+    def __init__(self, base_channels: int = 32, num_residual_blocks: int = 5, global_skip: bool = False) -> None:
         super().__init__()
         if base_channels < 1 or num_residual_blocks < 0:
             raise ValueError(
@@ -87,6 +91,7 @@ class TransformerNet(nn.Module):
             )
         self.base_channels = int(base_channels)
         self.num_residual_blocks = int(num_residual_blocks)
+        self.global_skip = bool(global_skip)
         c = self.base_channels
         self.encoder = nn.Sequential(
             ConvBlock(3, c, 9),
@@ -99,18 +104,32 @@ class TransformerNet(nn.Module):
             ConvBlock(2 * c, c, 3, upsample=True),
             _conv(c, 3, 9),
         )
+        if self.global_skip:
+            final = self.decoder[-1][-1] if isinstance(self.decoder[-1], nn.Sequential) else self.decoder[-1]
+            nn.init.zeros_(final.weight)
+            nn.init.zeros_(final.bias)
 
-    def config(self) -> dict[str, int]:
+    def config(self) -> dict[str, int | bool]:
         """Constructor arguments; stored in model files so the network can be rebuilt."""
-        return {"base_channels": self.base_channels, "num_residual_blocks": self.num_residual_blocks}
+        cfg: dict[str, int | bool] = {"base_channels": self.base_channels, "num_residual_blocks": self.num_residual_blocks}
+        if self.global_skip:  # absent means False: files written before the option still load
+            cfg["global_skip"] = True
+        return cfg
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected an (N, 3, H, W) batch, got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
         x, (top, left) = pad_for_network(x)
-        y = torch.sigmoid(self.decoder(self.residuals(self.encoder(x))))
-        return y[..., top : top + h, left : left + w]
+        y = self.decoder(self.residuals(self.encoder(x)))
+        if self.global_skip:
+            y = y.float() + photo_logit(x)
+        return torch.sigmoid(y)[..., top : top + h, left : left + w]
+
+
+def photo_logit(x: torch.Tensor) -> torch.Tensor:
+    """logit of a photo in [0, 1], in float32 (bf16 would blur it), clamped so 0 and 1 stay finite."""
+    return torch.logit(x.float(), eps=1e-3)
 
 
 def padded_size(size: int) -> int:

@@ -32,7 +32,7 @@ from torch import nn
 
 from fastnst.fast_layers import PhaseConv2d, SubpixelUpsampleConv
 from fastnst.images import to_uint8
-from fastnst.net import ConvBlock, ResidualBlock, TransformerNet, pad_for_network
+from fastnst.net import ConvBlock, ResidualBlock, TransformerNet, pad_for_network, photo_logit
 
 # Overlaps, chosen above the receptive-field growth of each streamed part and multiples of 4.
 _ENCODER_HALO = 16  # full-resolution rows (9x9 conv: 4, stride-2 3x3: 1, stride-2 3x3 at 1/2: 2)
@@ -207,7 +207,7 @@ class TiledRunner:
             del t
         return h
 
-    def _decode(self, h: torch.Tensor, write: Callable[[int, int, torch.Tensor], None]) -> None:
+    def _decode(self, h: torch.Tensor, write: Callable[[int, int, torch.Tensor], None], photo: torch.Tensor | None = None) -> None:
         up1, up2 = (_conv_of(b) for b in self.net.decoder[:2])  # type: ignore[arg-type]
         fast_up1, fast_up2, fast_final = self.fast_up1, self.fast_up2, self.fast_final
         affines: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -225,8 +225,11 @@ class TiledRunner:
                     stats.add(y[:, :, 4 * (start - lo) : 4 * (stop - lo)])  # type: ignore[union-attr]
                     continue
                 y = self._norm_relu(y, affines[1])
-                y = torch.sigmoid(fast_final(y))[:, :, 4 * (start - lo) : 4 * (stop - lo)]
-                write(4 * start, 4 * stop, y)
+                y = fast_final(y)[:, :, 4 * (start - lo) : 4 * (stop - lo)]
+                if photo is not None:  # global_skip: the network predicts a change to the photo's logits
+                    band = photo[:, :, 4 * start : 4 * stop].to(self.device, torch.float32)
+                    y = y.float() + photo_logit(band / 255 if photo.dtype == torch.uint8 else band)
+                write(4 * start, 4 * stop, torch.sigmoid(y))
             if stats is not None:
                 affines.append(stats.affine((up1 if target == 0 else up2)[2]))
 
@@ -257,7 +260,8 @@ class TiledRunner:
             out[:, a - top : b - top] = to_uint8(piece) if out.dtype == torch.uint8 else piece.to(out.dtype)
 
         h = self._encode(padded)
-        del padded
+        photo = padded if self.net.global_skip else None
+        del padded  # kept (as photo) only when the output needs it
         h = self._residuals(h)
-        self._decode(h, write)
+        self._decode(h, write, photo)
         return out

@@ -56,7 +56,7 @@ def test_custom_style_and_interface_keys() -> None:
     )
     validate(cfg)
     assert cfg["loss"]["arch"] == "vgg19" and cfg["loss"]["beta"] == 3e4 and cfg["loss"]["content_layers"] == ["relu3_1"]
-    assert cfg["model"] == {"name": "slim", "base_channels": 16, "num_residual_blocks": 3}
+    assert cfg["model"] == {"name": "slim", "base_channels": 16, "num_residual_blocks": 3, "global_skip": False}
     assert cfg["trainer"]["precision"] == "bf16-mixed" and cfg["data"]["batch_size"] == 8
 
 
@@ -110,3 +110,19 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, photo_dir: Path, sty
         assert message in result.stderr and "Traceback" not in result.stderr, (extra, result.stderr[-2000:])
     result = run_module("fastnst.train", *base, "style=nosuchstyle")
     assert result.returncode != 0 and "Could not find 'style/nosuchstyle'" in result.stderr and "starry" in result.stderr
+
+
+def test_recipes_compose_to_what_they_promise() -> None:
+    default = compose_plain()
+    assert default["model"]["name"] == "slim"
+    assert default["optim"] == {"lr": 4e-3, "warmup_steps": 50, "decay": "cosine", "min_lr_fraction": 0.1}
+    assert default["curriculum"] == {"small_crop": 128, "small_crop_until": 0.8}
+    paper = compose_plain("recipe=johnson")
+    assert paper["model"]["name"] == "johnson" and paper["model"]["base_channels"] == 32
+    assert paper["optim"]["lr"] == 1e-3 and paper["optim"]["decay"] == "constant" and paper["curriculum"]["small_crop"] is None
+    assert (paper["data"]["image_size"], paper["data"]["batch_size"]) == (256, 4)
+    # Command-line choices still win over the recipe's.
+    assert compose_plain("model=johnson")["model"]["name"] == "johnson"
+    assert compose_plain("optim.lr=2e-3")["optim"]["lr"] == 2e-3
+    for cfg in (default, paper):
+        validate(cfg)

@@ -17,9 +17,11 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_model(TransformerNet(8, 1), tmp_path_factory.mktemp("m") / "tiny.pt", {"style": "tiny"})
 
 
-def test_exportable_net_equals_the_model() -> None:
+@pytest.mark.parametrize("global_skip", [False, True])
+def test_exportable_net_equals_the_model(global_skip: bool) -> None:
     torch.manual_seed(0)
-    net = TransformerNet(8, 1).eval()
+    net = TransformerNet(8, 1, global_skip=global_skip).eval()
+    torch.nn.init.normal_(net.decoder[-1].weight, std=0.05)
     for shape in ((1, 3, 8, 8), (2, 3, 33, 50)):
         x = torch.rand(shape)
         with torch.inference_mode():

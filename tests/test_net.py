@@ -68,3 +68,26 @@ def test_architecture_is_the_johnson_layout() -> None:
 def test_rejects_wrong_input() -> None:
     with pytest.raises(ValueError, match=r"expected an \(N, 3, H, W\) batch"):
         TransformerNet(8, 1)(torch.rand(1, 4, 8, 8))
+
+
+def test_global_skip_starts_as_the_photo_and_round_trips(tmp_path) -> None:
+    from fastnst.model_file import load_model, save_model
+    from fastnst.net import count_flops
+
+    torch.manual_seed(0)
+    net = TransformerNet(8, 1, global_skip=True).eval()
+    x = torch.rand(2, 3, 30, 41)
+    x[0, :, :3] = 0.0  # black and white pixels stay finite
+    x[1, :, :3] = 1.0
+    with torch.inference_mode():
+        y = net(x)
+    assert torch.isfinite(y).all()
+    assert (y - x).abs().max() <= 1.01e-3  # a new network returns the photo (logit clamp at 1e-3)
+    torch.nn.init.normal_(net.decoder[-1].weight, std=0.05)  # as if trained
+    path = save_model(net, tmp_path / "skip.pt", {"style": "t"})
+    loaded, _ = load_model(path)
+    assert loaded.global_skip and loaded.config()["global_skip"] is True
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), net(x))
+    assert count_flops(net, 64, 64) == count_flops(TransformerNet(8, 1), 64, 64)
+    assert "global_skip" not in TransformerNet(8, 1).config()  # older files and plain nets keep their format

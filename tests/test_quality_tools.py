@@ -61,6 +61,8 @@ def test_evaluate_api_and_cli(model_file: Path, tmp_path: Path, style_file: Path
     assert code == 0 and out_grid.is_file()
     data = json.loads(out_json.read_text())
     assert data["photos"] == 2 and "gatys5_mean" in data and data["loss_settings"]["beta"] == 1e3
+    worst = data["artefacts_worst"]
+    assert 0 <= worst["min"] <= worst["max"] <= 1 and worst["checkerboard"] >= 0 and worst["border_step"] >= 0
 
 
 def test_training_and_evaluation_compute_the_same_loss(style_file: Path) -> None:
@@ -76,3 +78,20 @@ def test_training_and_evaluation_compute_the_same_loss(style_file: Path) -> None
         out = module.net(photos)
         train_terms = {k: float(v) for k, v in module.loss(out, photos).items()}
     assert score(reference, out, photos) == pytest.approx(train_terms, rel=1e-6)
+
+
+def test_artefact_measures_flag_checkerboards_and_border_steps() -> None:
+    from fastnst.evaluate import artefacts, border_step, spectral_peak
+
+    torch.manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 32, 40), size=(256, 320), mode="bicubic")[0].clamp(0, 1)
+    yy, xx = torch.meshgrid(torch.arange(256), torch.arange(320), indexing="ij")
+    period2 = (smooth + 0.03 * ((xx + yy) % 2 * 2 - 1)).clamp(0, 1)
+    period4 = (smooth + 0.03 * torch.sin(xx * torch.pi / 2)).clamp(0, 1)
+    assert spectral_peak(smooth) < 2 and spectral_peak(torch.rand(3, 256, 320)) < 2
+    assert spectral_peak(period2) > 50 and spectral_peak(period4) > 50
+    darker_edge = smooth.clone()
+    darker_edge[:, :8] *= 0.5
+    assert border_step(darker_edge) > border_step(smooth) + 5
+    a = artefacts(period2, smooth)
+    assert a["checkerboard"] > 50 > a["checkerboard_photo"] and 0 <= a["min"] <= a["max"] <= 1

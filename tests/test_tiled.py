@@ -8,20 +8,23 @@ from fastnst.stylize import Stylizer
 from fastnst.tiled import TiledRunner
 
 
-def _net() -> TransformerNet:
+def _net(global_skip: bool = False) -> TransformerNet:
     torch.manual_seed(0)
-    net = TransformerNet(8, 2).eval()
+    net = TransformerNet(8, 2, global_skip=global_skip).eval()
     for m in net.modules():  # norms that matter, as after training
         if isinstance(m, torch.nn.InstanceNorm2d):
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.5, 0.5)
+    if global_skip:  # a trained change, not the zero one of a new network
+        torch.nn.init.normal_(net.decoder[-1].weight, std=0.02)
     return net
 
 
 @pytest.mark.parametrize("size", [(200, 150), (37, 61), (5, 3), (130, 131)])
 @pytest.mark.parametrize("band_rows", [16, 48])
-def test_tiled_equals_untiled_fp32(size: tuple[int, int], band_rows: int) -> None:
-    net = _net()
+@pytest.mark.parametrize("global_skip", [False, True])
+def test_tiled_equals_untiled_fp32(size: tuple[int, int], band_rows: int, global_skip: bool) -> None:
+    net = _net(global_skip)
     x = torch.rand(3, *size)
     with torch.inference_mode():
         ref = net(x[None])[0]
@@ -65,3 +68,12 @@ def test_stylizer_switches_to_tiles_above_the_threshold() -> None:
     x = torch.rand(2, 3, 40, 44)
     torch.testing.assert_close(forced(x), plain(x), atol=1e-5, rtol=0)
     assert forced.stylize_to_uint8(x[0]).dtype == torch.uint8
+
+
+def test_global_skip_with_uint8_input_and_output() -> None:
+    net = _net(global_skip=True)
+    x = (torch.rand(3, 70, 90) * 255).round().to(torch.uint8)
+    with torch.inference_mode():
+        ref = net(x[None].float() / 255)[0]
+    out = TiledRunner(net, band_rows=16)(x, out=torch.empty(3, 70, 90, dtype=torch.uint8))
+    assert (out.float() - ref * 255).abs().max() <= 1.0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Timer
 from torchvision.utils import make_grid
 
 from fastnst.net import TransformerNet
@@ -26,19 +28,73 @@ class StyleTransferModule(pl.LightningModule):
     * model: ``base_channels``, ``num_residual_blocks`` (and an informative ``name``)
     * loss: arguments of :func:`fastnst.training.loss.build_loss`
     * style: ``name``, ``image``/``url``/``sha256`` (see :mod:`fastnst.training.style`), ``image_size``
-    * optim: ``lr``
+    * optim: ``lr``; ``warmup_steps`` (linear ramp from 0); ``decay``: ``constant`` or ``cosine`` (to
+      ``min_lr_fraction`` of ``lr`` at the end of the budget)
+    * curriculum: ``small_crop`` (side in px) and ``small_crop_until`` (fraction of the budget): train on
+      random ``small_crop`` squares cut from the crops until then (same pixel scale, a fraction of the cost)
+
+    "The budget" is ``trainer.max_steps`` or ``trainer.max_time``, whichever ends the run first, so
+    schedules follow a time budget too.
     """
 
-    def __init__(self, model: dict[str, Any], loss: dict[str, Any], style: dict[str, Any], optim: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        model: dict[str, Any],
+        loss: dict[str, Any],
+        style: dict[str, Any],
+        optim: dict[str, Any],
+        curriculum: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = TransformerNet(model["base_channels"], model["num_residual_blocks"])
+        self.net = TransformerNet(model["base_channels"], model["num_residual_blocks"], bool(model.get("global_skip", False)))
         loss_args = {k: loss[k] for k in ("arch", "weights", "content_layers", "style_layers", "alpha", "beta", "tv_weight", "luminance_only") if k in loss}
         self.loss: PerceptualLoss = build_loss(**loss_args)
         style_path = resolve_style_image(style.get("image"), style.get("url"), style.get("sha256"))
         self.loss.set_style(load_style_image(style_path, style.get("image_size")))
         self.lr = float(optim.get("lr", 1e-3))
+        self.warmup_steps = int(optim.get("warmup_steps") or 0)
+        self.decay = str(optim.get("decay") or "constant")
+        self.min_lr_fraction = float(optim.get("min_lr_fraction", 0.0) or 0.0)
+        curriculum = curriculum or {}
+        self.small_crop = int(curriculum.get("small_crop") or 0)
+        self.small_crop_until = float(curriculum.get("small_crop_until") or 0.0)
         self.skipped_images = 0
+
+    def budget_fraction(self) -> float:
+        """How much of the run's budget (max_steps or max_time, whichever is nearer its end) is used, 0..1."""
+        trainer = self.trainer
+        fraction = trainer.global_step / trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else 0.0
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is not None:
+            elapsed, remaining = timer.time_elapsed("train"), timer.time_remaining("train")
+            if remaining is not None and elapsed + remaining > 0:
+                fraction = max(fraction, elapsed / (elapsed + remaining))
+        return min(max(fraction, 0.0), 1.0)
+
+    def lr_at(self, step: int, fraction: float) -> float:
+        scale = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        if self.decay == "cosine":
+            scale *= self.min_lr_fraction + (1 - self.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * fraction))
+        return self.lr * scale
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.warmup_steps or self.decay != "constant":
+            lr = self.lr_at(self.global_step, self.budget_fraction())
+            for group in self.trainer.optimizers[0].param_groups:
+                group["lr"] = lr
+
+    def _curriculum_crop(self, photos: torch.Tensor) -> torch.Tensor:
+        """A random ``small_crop`` square of each crop while the curriculum's first phase lasts."""
+        side = self.small_crop
+        if not side or side >= min(photos.shape[-2:]) or self.budget_fraction() >= self.small_crop_until:
+            return photos
+        # Offsets from (seed-free) step number: a resumed run cuts the same squares.
+        g = torch.Generator().manual_seed(self.global_step)
+        h, w = photos.shape[-2:]
+        tops = torch.randint(0, h - side + 1, (len(photos),), generator=g).tolist()
+        lefts = torch.randint(0, w - side + 1, (len(photos),), generator=g).tolist()
+        return torch.stack([p[:, t : t + side, l : l + side] for p, t, l in zip(photos, tops, lefts)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -53,6 +109,7 @@ class StyleTransferModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         photos, skipped = batch
+        photos = self._curriculum_crop(photos)
         terms = self.loss(self.net(photos), photos)
         self._check_finite(terms)
         self.skipped_images += int(skipped.sum())

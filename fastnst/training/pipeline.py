@@ -37,6 +37,7 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 VGG_ARCHS = ("vgg16", "vgg19")
+DECAYS = ("constant", "cosine")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 
 
@@ -65,6 +66,33 @@ class FinalCheckpoint(Callback):
         last = Path(self.checkpoint.dirpath) / f"{self.checkpoint.CHECKPOINT_NAME_LAST}{self.checkpoint.FILE_EXTENSION}"
         if getattr(self.checkpoint, "_last_global_step_saved", -1) != trainer.global_step or not last.exists():
             trainer.save_checkpoint(last)  # collective under DDP: every rank calls it, rank 0 writes
+
+
+class TimeSnapshots(Callback):
+    """Every ``minutes`` of training wall-clock time, save the slim model as ``snapshots/NNNN.Ns.pt``.
+
+    Saving is a copy of a few MB, so the clock barely notices; scoring the snapshots on held-out
+    photos happens afterwards (``scripts/time_to_style.py``), never inside the timed run.
+    """
+
+    def __init__(self, minutes: float, directory: Path, metadata: Any) -> None:
+        self.every = float(minutes) * 60.0
+        self.directory = Path(directory)
+        self.metadata = metadata  # (steps, seconds) -> metadata dict
+        self.start = 0.0
+        self.next_mark = self.every
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any) -> None:
+        elapsed = time.perf_counter() - self.start
+        if elapsed < self.next_mark or not trainer.is_global_zero:
+            return
+        while self.next_mark <= elapsed:
+            self.next_mark += self.every
+        meta = self.metadata(trainer.global_step, elapsed)
+        save_model(pl_module.net, self.directory / f"{elapsed:07.1f}s.pt", meta, half=False, overwrite=True)
 
 
 def _positive(value: Any, key: str, kind: type = float) -> None:
@@ -100,7 +128,24 @@ def validate(cfg: Mapping[str, Any]) -> None:
     _positive(model["base_channels"], "model.base_channels", int)
     if not isinstance(model["num_residual_blocks"], int) or model["num_residual_blocks"] < 0:
         raise ConfigError(f"model.num_residual_blocks must be an integer >= 0, got {model['num_residual_blocks']!r}")
-    _positive(cfg["optim"]["lr"], "optim.lr")
+    optim, curriculum = cfg["optim"], cfg.get("curriculum") or {}
+    _positive(optim["lr"], "optim.lr")
+    warmup = optim.get("warmup_steps") or 0
+    if not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError(f"optim.warmup_steps must be an integer >= 0, got {warmup!r}")
+    if (optim.get("decay") or "constant") not in DECAYS:
+        raise ConfigError(f"optim.decay={optim.get('decay')!r}; allowed: {', '.join(DECAYS)}")
+    if not 0 <= float(optim.get("min_lr_fraction") or 0) <= 1:
+        raise ConfigError(f"optim.min_lr_fraction must be in [0, 1], got {optim.get('min_lr_fraction')!r}")
+    if curriculum.get("small_crop") is not None:
+        _positive(curriculum["small_crop"], "curriculum.small_crop", int)
+        if curriculum["small_crop"] < 16:
+            raise ConfigError(f"curriculum.small_crop must be >= 16 px, got {curriculum['small_crop']}")
+    until = curriculum.get("small_crop_until") or 0
+    if not isinstance(until, (int, float)) or not 0 <= until <= 1:
+        raise ConfigError(f"curriculum.small_crop_until must be a fraction in [0, 1], got {until!r}")
+    if cfg.get("snapshot_minutes") is not None:
+        _positive(cfg["snapshot_minutes"], "snapshot_minutes")
     if cfg["style"].get("image_size") is not None:
         _positive(cfg["style"]["image_size"], "style.image_size", int)
     if str(trainer.get("precision", "auto")) not in PRECISIONS:
@@ -157,6 +202,8 @@ def model_metadata(cfg: Mapping[str, Any], steps: int, seconds: float, precision
         "image_size": int(data["image_size"]),
         "batch_size": int(data["batch_size"]),
         "lr": float(cfg["optim"]["lr"]),
+        "optim": dict(cfg["optim"]),
+        "curriculum": dict(cfg.get("curriculum") or {}),
         "precision": precision,
         "steps": int(steps),
         "train_seconds": round(seconds, 1),
@@ -179,7 +226,7 @@ def fit(cfg: Mapping[str, Any], run_dir: Path) -> Path | None:
     n_photos = data.check()  # fails here, before VGG or the network are built, if there is nothing to train on
     log.info("training photos: %d in %s", n_photos, data.root)
 
-    module = StyleTransferModule(dict(cfg["model"]), dict(cfg["loss"]), dict(cfg["style"]), dict(cfg["optim"]))
+    module = StyleTransferModule(dict(cfg["model"]), dict(cfg["loss"]), dict(cfg["style"]), dict(cfg["optim"]), dict(cfg.get("curriculum") or {}))
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="step{step:07d}",
@@ -190,10 +237,13 @@ def fit(cfg: Mapping[str, Any], run_dir: Path) -> Path | None:
         monitor="step",
         mode="max",
     )
+    callbacks = [checkpoints, FinalCheckpoint(checkpoints), LearningRateMonitor(logging_interval="step"), StepProgressBar()]
+    if cfg.get("snapshot_minutes"):
+        callbacks.append(TimeSnapshots(cfg["snapshot_minutes"], run_dir / "snapshots", lambda steps, s: model_metadata(cfg, steps, s, precision)))
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False),
-        callbacks=[checkpoints, FinalCheckpoint(checkpoints), LearningRateMonitor(logging_interval="step"), StepProgressBar()],
+        callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         precision=precision,
         use_distributed_sampler=False,  # the sampler shards by rank itself, and can resume mid-epoch

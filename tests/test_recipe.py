@@ -1,0 +1,146 @@
+"""Training-recipe levers (issue 9): learning-rate warm-up and decay over the budget, the small-crop
+curriculum, time snapshots, and the config checks that guard them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from fastnst.model_file import load_model
+from fastnst.training.module import StyleTransferModule
+from fastnst.training.pipeline import ConfigError, validate
+from conftest import make_photo, run_module, tiny_train_args
+from test_configs import compose_plain
+
+
+def make_module(style_file: Path, optim: dict | None = None, curriculum: dict | None = None) -> StyleTransferModule:
+    loss = {"arch": "vgg16", "weights": "random", "content_layers": ["relu2_2"], "style_layers": {"relu1_2": 1.0, "relu2_2": 1.0}, "alpha": 1.0, "beta": 1e5, "tv_weight": 10.0}
+    return StyleTransferModule(
+        {"base_channels": 8, "num_residual_blocks": 1}, loss, {"name": "t", "image": str(style_file), "image_size": 48}, optim or {"lr": 1e-3}, curriculum
+    )
+
+
+def attach(module: StyleTransferModule, step: int, max_steps: int) -> None:
+    # The module reads only these trainer fields for its schedules.
+    trainer = SimpleNamespace(global_step=step, max_steps=max_steps, callbacks=[])
+    object.__setattr__(module, "_trainer", trainer)
+
+
+def test_lr_warms_up_linearly_then_follows_the_cosine_to_its_floor(style_file: Path) -> None:
+    m = make_module(style_file, {"lr": 4e-3, "warmup_steps": 10, "decay": "cosine", "min_lr_fraction": 0.1})
+    assert m.lr_at(0, 0.0) == pytest.approx(4e-4)
+    assert m.lr_at(4, 0.0) == pytest.approx(2e-3)
+    assert m.lr_at(9, 0.0) == pytest.approx(4e-3)
+    assert m.lr_at(500, 0.5) == pytest.approx(4e-3 * (0.1 + 0.9 * 0.5))
+    assert m.lr_at(1000, 1.0) == pytest.approx(4e-4)
+    lrs = [m.lr_at(s, s / 100) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # never rises after the warm-up
+    const = make_module(style_file, {"lr": 1e-3})
+    assert const.lr_at(0, 0.0) == const.lr_at(999, 0.99) == 1e-3
+
+
+def test_budget_fraction_follows_max_steps(style_file: Path) -> None:
+    m = make_module(style_file)
+    attach(m, 25, 100)
+    assert m.budget_fraction() == pytest.approx(0.25)
+    attach(m, 250, 100)
+    assert m.budget_fraction() == 1.0
+
+
+def test_curriculum_cuts_small_squares_first_then_full_crops(style_file: Path) -> None:
+    m = make_module(style_file, curriculum={"small_crop": 16, "small_crop_until": 0.5})
+    photos = torch.rand(3, 3, 32, 32)
+    attach(m, 10, 100)
+    small = m._curriculum_crop(photos)
+    assert small.shape == (3, 3, 16, 16)
+    # Each square is a window of its own photo (same pixel scale, no resampling).
+    for p, s in zip(photos, small):
+        windows = p.unfold(1, 16, 1).unfold(2, 16, 1)  # 3, 17, 17, 16, 16
+        assert ((windows - s[:, None, None]).abs().amax(dim=(0, 3, 4)) == 0).any()
+    assert torch.equal(m._curriculum_crop(photos), small)  # same step, same squares (exact resume)
+    attach(m, 60, 100)
+    assert m._curriculum_crop(photos) is photos
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"optim": {"lr": 1e-3, "decay": "step"}}, "optim.decay"),
+        ({"optim": {"lr": 1e-3, "warmup_steps": -1}}, "optim.warmup_steps"),
+        ({"curriculum": {"small_crop": 8, "small_crop_until": 0.5}}, "curriculum.small_crop"),
+        ({"curriculum": {"small_crop": 64, "small_crop_until": 1.5}}, "curriculum.small_crop_until"),
+        ({"snapshot_minutes": 0}, "snapshot_minutes"),
+    ],
+)
+def test_recipe_config_errors_name_the_key(override: dict, message: str) -> None:
+    cfg = compose_plain("run_dir=x")
+    cfg.update(override)
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+
+
+def test_training_with_the_recipe_levers_writes_time_snapshots(tmp_path: Path, photo_dir: Path, style_file: Path) -> None:
+    run = tmp_path / "run"
+    args = tiny_train_args(run, photo_dir, style_file, steps=8)
+    result = run_module(
+        "fastnst.train", *args, "snapshot_minutes=0.0001", "optim.warmup_steps=3", "optim.decay=cosine", "optim.lr=3e-3",
+        "curriculum.small_crop=16", "curriculum.small_crop_until=0.5",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    snaps = sorted((run / "snapshots").glob("*.pt"))
+    assert len(snaps) >= 2
+    seconds = [float(p.name[:-4].rstrip("s")) for p in snaps]
+    assert seconds == sorted(seconds) and seconds[0] > 0
+    net, meta = load_model(snaps[-1])
+    assert meta["train_seconds"] == pytest.approx(seconds[-1], abs=0.11)
+    assert 0 < meta["steps"] <= 8
+    assert meta["optim"]["decay"] == "cosine" and meta["curriculum"]["small_crop"] == 16
+    final_net, final_meta = load_model(run / "starry.pt")
+    assert final_meta["steps"] == 8 and math.isfinite(final_meta["train_seconds"])
+
+
+def test_progress_total_follows_the_time_budget() -> None:
+    from fastnst.training.progress import expected_total
+
+    assert expected_total(10, 40000, None, None) == 40000
+    assert expected_total(10, -1, None, None) is None
+    assert expected_total(100, 40000, remaining_s=60.0, steps_per_s=2.0) == 220  # time ends the run first
+    assert expected_total(100, 150, remaining_s=60.0, steps_per_s=2.0) == 150  # steps end it first
+
+
+def test_time_to_style_scores_snapshots_and_draws_the_curve(tmp_path: Path, photo_dir: Path, style_file: Path) -> None:
+    import json
+
+    from PIL import Image
+
+    held_out = tmp_path / "held_out"
+
+    names = [make_photo(held_out / f"h{i}.png", (40, 32), seed=20 + i).name for i in range(2)]
+    gatys = {"size": 40, "per_photo": [{"photo": n, "gatys100": {"content": 1.0, "style": 1e-6, "tv": 0.01, "total": 1.2}} for n in names]}
+    (tmp_path / "gatys.json").write_text(json.dumps(gatys))
+    common = [a for a in tiny_train_args(tmp_path / "unused", photo_dir, style_file) if not a.startswith(("run_dir=", "trainer.max_steps=", "style=starry"))]
+    out = tmp_path / "tts"
+    result = run_module(
+        "scripts.time_to_style", "--style", "starry", "--minutes", "0.12", "--every", "0.04", "--recipe", "base=", "--recipe", "fast=optim.lr=3e-3 optim.decay=cosine",
+        "--photos", str(held_out), "--size", "40", "--gatys-json", str(tmp_path / "gatys.json"), "--weights", "random",
+        "--style-image", str(style_file), "--out", str(out), "--", *common,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["curves"]) == {"base", "fast"}
+    for points in data["curves"].values():
+        assert len(points) >= 2  # snapshots and the final model
+        assert all(p["total"] > 0 and p["steps"] > 0 for p in points)
+        assert [p["seconds"] for p in points] == sorted(p["seconds"] for p in points)
+    assert data["gatys100"]["total"] == pytest.approx(1.2)
+    assert "| base |" in result.stdout and "total / Gatys" in result.stdout
+    assert Image.open(out / "curve.png").size[0] > 500
+    events = list((out / "base" / "tensorboard").glob("events.*"))
+    assert any(b"heldout/total" in e.read_bytes() for e in events)
+    # A second run into the same folder refuses instead of mixing runs.
+    again = run_module("scripts.time_to_style", "--style", "starry", "--minutes", "0.1", "--recipe", "base=", "--photos", str(held_out), "--no-gatys", "--out", str(out))
+    assert again.returncode != 0 and "exists" in again.stderr
