@@ -7,11 +7,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Timer
 from torchvision.utils import make_grid
 
 from fastnst.net import TransformerNet
 from fastnst.training.loss import TERMS, PerceptualLoss, build_loss
+from fastnst.training.progress import time_budget
 from fastnst.training.style import load_style_image, resolve_style_image
 
 
@@ -65,10 +65,10 @@ class StyleTransferModule(pl.LightningModule):
         """How much of the run's budget (max_steps or max_time, whichever is nearer its end) is used, 0..1."""
         trainer = self.trainer
         fraction = trainer.global_step / trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else 0.0
-        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        timer = time_budget(trainer)
         if timer is not None:
             elapsed, remaining = timer.time_elapsed("train"), timer.time_remaining("train")
-            if remaining is not None and elapsed + remaining > 0:
+            if elapsed + remaining > 0:
                 fraction = max(fraction, elapsed / (elapsed + remaining))
         return min(max(fraction, 0.0), 1.0)
 
@@ -89,7 +89,7 @@ class StyleTransferModule(pl.LightningModule):
         side = self.small_crop
         if not side or side >= min(photos.shape[-2:]) or self.budget_fraction() >= self.small_crop_until:
             return photos
-        # Offsets from (seed-free) step number: a resumed run cuts the same squares.
+        # Offsets seeded by the step number: a resumed run cuts the same squares.
         g = torch.Generator().manual_seed(self.global_step)
         h, w = photos.shape[-2:]
         tops = torch.randint(0, h - side + 1, (len(photos),), generator=g).tolist()

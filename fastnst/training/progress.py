@@ -14,6 +14,11 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Timer, TQDMProgressBar
 
 
+def time_budget(trainer: pl.Trainer) -> Timer | None:
+    """The Timer that enforces ``trainer.max_time``, if the run has a time budget."""
+    return next((c for c in trainer.callbacks if isinstance(c, Timer) and c.time_remaining("train") is not None), None)
+
+
 def expected_total(step: int, max_steps: int | None, remaining_s: float | None, steps_per_s: float | None) -> int | None:
     """The step at which the run ends: max_steps, or sooner when the time budget runs out first."""
     by_steps = max_steps if max_steps and max_steps > 0 else None
@@ -24,9 +29,6 @@ def expected_total(step: int, max_steps: int | None, remaining_s: float | None, 
 
 
 class StepProgressBar(TQDMProgressBar):
-    def _timer(self, trainer: pl.Trainer) -> Timer | None:
-        return next((c for c in trainer.callbacks if isinstance(c, Timer) and c.time_remaining("train") is not None), None)
-
     def init_train_tqdm(self) -> Any:
         bar = super().init_train_tqdm()
         bar.unit = "step"
@@ -46,7 +48,7 @@ class StepProgressBar(TQDMProgressBar):
         bar = self.train_progress_bar
         if bar is None or not self._should_update(trainer.global_step, bar.total):
             return
-        timer = self._timer(trainer)
+        timer = time_budget(trainer)
         if timer is not None:
             t0, step0 = self._start
             elapsed = time.perf_counter() - t0
