@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 TERMS = ("content", "style", "tv", "total")
-LUMA = (0.299, 0.587, 0.114)
 
 
 def spectral_peak(image: torch.Tensor, periods: tuple[int, ...] = (2, 4)) -> float:
@@ -31,7 +30,9 @@ def spectral_peak(image: torch.Tensor, periods: tuple[int, ...] = (2, 4)) -> flo
     ``periods`` pixels along rows or columns, of the luminance spectrum's power at that frequency to
     the power of its neighbouring frequencies. Smooth spectra (photos, brush strokes) give about 1;
     the checkerboard of a deconvolution decoder gives a spike (tens)."""
-    luma = sum(w * c for w, c in zip(LUMA, image.float()))
+    from fastnst.color import luminance
+
+    luma = luminance(image.float())[0]
     power = torch.fft.fft2(luma - luma.mean()).abs().square()
     worst = 0.0
     for axis in (0, 1):

@@ -222,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?") if Path("/proc/cpuinfo").exists() else "?"
-    machine = f"{cpu}, {torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
+    from fastnst.hardware import cpu_name
+
+    machine = f"{cpu_name()}, {torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
     print(f"\nstyle {args.style}, {len(photos)} held-out photos at {args.size} px, budget {args.minutes:g} min; {machine}")
     if gatys:
         print(f"Gatys L-BFGS {args.gatys}: total {gatys['total']:.4g}, content {gatys['content']:.4g}, style {gatys['style']:.4g}")
