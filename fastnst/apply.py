@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="arithmetic: auto (bf16 on GPUs and CPUs with native bf16, else fp32), or force fp32/bf16/fp16 (default: auto)",
+        help="arithmetic: auto (bf16 on CPUs with native bf16, else fp32; TF32 convolutions on recent GPUs), or force fp32/bf16/fp16 (default: auto)",
     )
     p.add_argument(
         "--tile",

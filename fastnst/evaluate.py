@@ -83,6 +83,15 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Mean loss terms of ``model`` (and of Gatys at each count in ``gatys``) over ``photos``; see the module doc."""
+    from fastnst.training.reference import exact_fp32
+
+    with exact_fp32():
+        return _evaluate(model, photos, size, gatys, weights, style_image, precision, progress)
+
+
+def _evaluate(
+    model: str, photos: list[Path], size: int, gatys: list[int] | None, weights: str, style_image: str | None, precision: str, progress: bool
+) -> dict[str, Any]:
     from fastnst.images import read_image, resize_long_side
     from fastnst.stylize import Stylizer
     from fastnst.training.reference import build_reference_loss, loss_settings, optimise_image, score

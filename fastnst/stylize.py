@@ -45,7 +45,8 @@ class Stylizer:
     """A loaded model bound to a device and an execution plan; call it on (N, 3, H, W) batches in [0, 1].
 
     ``precision="auto"`` picks the fastest sound arithmetic for the device (see
-    :mod:`fastnst.hardware`): bf16 on GPUs and on CPUs with native bf16, fp32 elsewhere;
+    :mod:`fastnst.hardware`): bf16 on CPUs with native bf16, fp32 with TF32 convolutions on recent GPUs,
+    fp32 elsewhere;
     ``"fp32"``, ``"bf16"`` or ``"fp16"`` force one. ``tile`` chooses the banded runner of
     :mod:`fastnst.tiled` (whole-image statistics, bounded memory): ``None`` (auto) for images
     over :data:`TILE_PIXELS`, ``True`` always, ``False`` never. ``preserve_color`` keeps the photo's
@@ -86,8 +87,6 @@ class Stylizer:
         self.preserve_color = bool(self.metadata.get("luminance_only", False)) if preserve_color is None else preserve_color
         # A private copy in the plan's dtype: weights cast once, not on every call (the caller's net is untouched).
         self.net = copy.deepcopy(net).to(self.device, self.plan.dtype).eval()
-        if self.plan.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
         # Exact rewrites of the decoder's slow layers for the one-pass path on CPUs (1.2-1.4x; fastnst.fast_layers).
         self.fast_net = fast_copy(self.net) if self.device.type == "cpu" else self.net
         self.tiled = TiledRunner(self.net, band_rows=band_rows)
@@ -111,8 +110,6 @@ class Stylizer:
             out = torch.stack([self._run_tiled(img.to(self.device, self.plan.dtype)) for img in batch]).to(batch.device)
         else:
             x = batch.to(self.device, self.plan.dtype)
-            if self.plan.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             out = self.fast_net(x).float().contiguous().to(batch.device)
         return self.postprocess(out, batch)
 

@@ -14,6 +14,7 @@ peak RSS is measured in child processes. Run it alone: other jobs on the machine
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -325,57 +326,198 @@ def section_memory(sizes: list[tuple[int, int]], model: Path, plain_too: bool) -
     return rows
 
 
-def section_training(repeats: int, vgg_weights: str | None) -> list[dict[str, Any]]:
-    from fastnst.training.loss import build_loss
+def vgg16_features(vgg_weights: str | None) -> nn.Sequential:
+    """torchvision's VGG16 ``features`` with the given weights (random init without)."""
     from fastnst.training.vgg import _make_features, load_vgg_state
 
-    torch.manual_seed(0)
-    style = torch.rand(1, 3, 256, 256)
-    batch = torch.rand(4, 3, 256, 256)
-    weights = vgg_weights or "random"
     features = _make_features("vgg16")
-    state = load_vgg_state(weights, "vgg16")
+    state = load_vgg_state(vgg_weights or "random", "vgg16")
     if state is not None:
         features.load_state_dict(state)
-    rows = []
+    return features
 
-    # Plain: fp32 eager, both images through VGG to relu4_3, as in pytorch/examples.
-    net_p = trained_like_net().train()
-    loss_p = PlainLoss(features[:23], style)
+
+def training_steps(
+    features: nn.Sequential, weights: str, style: torch.Tensor, batch: torch.Tensor, repeats: int,
+    variants: list[tuple[str, bool, bool]], timer: Callable[..., dict[str, float]] = timed,
+) -> list[dict[str, Any]]:
+    """Time the plain fp32 step, then fastnst's step for each ``(name, bf16 autocast, channels_last)``.
+
+    Plain: fp32 eager, both images through VGG to relu4_3, as in pytorch/examples. fastnst: the training
+    module's loss (Grams once, the photo only to relu2_2 and without grad, no VGG grads).
+    """
+    from fastnst.training.loss import build_loss
+
+    dev = batch.device
+    torch.manual_seed(0)
+    net_p = trained_like_net().train().to(dev)
+    loss_p = PlainLoss(copy.deepcopy(features[:23]), style.cpu()).to(dev)  # targets computed on the CPU copy
+    loss_p.targets = [t.to(dev) for t in loss_p.targets]
     opt_p = torch.optim.Adam(net_p.parameters(), 1e-3)
     with torch.no_grad():
-        start_loss_p = loss_p(net_p(batch), batch).item()
+        loss0_p = loss_p(net_p(batch), batch).item()
 
     def plain_step() -> None:
         opt_p.zero_grad(set_to_none=True)
         loss_p(net_p(batch), batch).backward()
         opt_p.step()
 
-    t_plain = timed(plain_step, repeats)
-    rows.append({"path": "plain fp32 eager (reference)", **t_plain, "speedup": 1.0, "loss_same_batch": start_loss_p})
+    t_plain = timer(plain_step, repeats)
+    rows = [{"batch": len(batch), "path": "plain fp32 eager (reference)", **t_plain, "speedup": 1.0, "loss_same_batch": loss0_p}]
+    for name, bf16, channels_last in variants:
+        net_f = trained_like_net().train().to(dev)
+        loss_f = build_loss("vgg16", weights, ["relu2_2"], {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}, 1.0, 1e5, 10.0).to(dev)
+        loss_f.set_style(style)
+        xb = batch
+        if channels_last:
+            net_f, loss_f = net_f.to(memory_format=torch.channels_last), loss_f.to(memory_format=torch.channels_last)
+            xb = batch.contiguous(memory_format=torch.channels_last)
+        opt_f = torch.optim.Adam(net_f.parameters(), 1e-3)
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            loss0_f = loss_f(net_f(xb), xb)["total"].item()
 
-    # fastnst: the training module's loss (grams once, content only to relu2_2, no VGG grads) with the precision auto picks.
+        def fast_step() -> None:
+            opt_f.zero_grad(set_to_none=True)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                total = loss_f(net_f(xb), xb)["total"]
+            total.backward()
+            opt_f.step()
+
+        t_fast = timer(fast_step, repeats)
+        rows.append({"batch": len(batch), "path": name, **t_fast, "speedup": t_plain["median_s"] / t_fast["median_s"], "loss_same_batch": loss0_f})
+    for r in rows:
+        r["images_per_s"] = r["batch"] / r["median_s"]
+    return rows
+
+
+def section_training(repeats: int, vgg_weights: str | None) -> list[dict[str, Any]]:
     from fastnst.training.pipeline import resolve_precision
 
+    torch.manual_seed(0)
+    style = torch.rand(1, 3, 256, 256)
+    batch = torch.rand(4, 3, 256, 256)
     precision = resolve_precision("auto", "cpu")
-    net_f = trained_like_net().train()
-    loss_f = build_loss("vgg16", weights, ["relu2_2"], {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}, 1.0, 1e5, 10.0)
-    loss_f.set_style(style)
-    opt_f = torch.optim.Adam(net_f.parameters(), 1e-3)
-    use_bf16 = precision.startswith("bf16")
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-        start_loss_f = loss_f(net_f(batch), batch)["total"].item()
+    variants = [(f"fastnst ({precision})", precision.startswith("bf16"), False)]
+    return training_steps(vgg16_features(vgg_weights), vgg_weights or "random", style, batch, repeats, variants)
 
-    def fast_step() -> None:
-        opt_f.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            total = loss_f(net_f(batch), batch)["total"]
-        total.backward()
-        opt_f.step()
 
-    t_fast = timed(fast_step, repeats)
-    rows.append({"path": f"fastnst ({precision})", **t_fast, "speedup": t_plain["median_s"] / t_fast["median_s"], "loss_same_batch": start_loss_f})
-    return rows
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _cuda_timed(fn: Callable[[], Any], repeats: int, warmup: int = 3, dev: torch.device = torch.device("cuda")) -> dict[str, float]:
+    """Like :func:`timed`, with the GPU synchronised around each call (kernels are asynchronous)."""
+
+    def synced() -> None:
+        fn()
+        _sync(dev)
+
+    _sync(dev)
+    return timed(synced, repeats, warmup)
+
+
+# Sizes of the GPU section (module constants so a CPU dry run can shrink them).
+GPU_MATMUL_N = 8192
+GPU_INFER_HW = (1080, 1920)
+GPU_INFER_BATCHES = (1, 8)
+GPU_TRAIN_SIDE = 256
+GPU_TRAIN_BATCHES = (4, 16)
+
+
+def section_gpu(repeats: int, vgg_weights: str | None, device: str = "cuda") -> dict[str, Any]:
+    """Issue 8's GPU figures: matmul peaks, 1080p inference paths, AMP training steps at batch 4 and 16."""
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    props = torch.cuda.get_device_properties(0) if cuda else None
+    out: dict[str, Any] = {"gpu": props.name if props else str(dev), "multiprocessors": props.multi_processor_count if props else None,
+                           "memory_gib": props.total_memory / 2**30 if props else None}
+    timed_ = lambda fn, reps, warmup=3: _cuda_timed(fn, reps, warmup, dev)  # noqa: E731
+    reset_mem = torch.cuda.reset_peak_memory_stats if cuda else (lambda: None)
+    peak_mem = (lambda: torch.cuda.max_memory_allocated() / 2**20) if cuda else (lambda: None)
+
+    # Peaks: n^3 products, 10 per timed call; fp32 with TF32 off (true fp32), TF32, and bf16 (tensor cores).
+    n = GPU_MATMUL_N
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("tf32", torch.float32), ("bf16", torch.bfloat16)):
+        torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
+        a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+        t = timed_(lambda: [a @ b for _ in range(10)], 3, warmup=1)["min_s"]
+        peaks[f"{name}_tflops"] = 10 * 2 * n**3 / t / 1e12
+        del a, b
+    torch.backends.cuda.matmul.allow_tf32 = False
+    peaks["best_tflops"] = max(peaks.values())
+    out["peaks"] = peaks
+
+    # Inference, 1920x1080, classic network, input and output on the GPU.
+    h, w = GPU_INFER_HW
+    net = trained_like_net()
+    plain = PlainJohnson().load_from(net).eval().to(dev)
+    rows = []
+    for batch in GPU_INFER_BATCHES:
+        x = torch.rand(batch, 3, h, w, device=dev)
+        flops = count_flops(net, h, w) * batch
+        with torch.inference_mode():
+            ref = plain(x)
+            reset_mem()
+            t_plain = timed_(lambda: plain(x), repeats)
+            mem_plain = peak_mem()
+        fast = Stylizer(net, dev, "auto", tile=False)
+        reset_mem()
+        t_fast = timed_(lambda: fast(x), repeats)
+        mem_fast = peak_mem()
+        y_fast = fast(x)
+        base = {"size": f"{w}x{h}", "batch": batch, "gflop": flops / 1e9}
+        paths = [
+            ("plain fp32 eager (reference)", t_plain, ref, mem_plain),
+            (f"fastnst auto ({fast.plan.precision})", t_fast, y_fast, mem_fast),
+        ]
+        if not cuda:
+            rows += [base | {"path": p, **t, "images_per_s": batch / t["median_s"], "tflops": flops / t["median_s"] / 1e12,
+                             "speedup": t_plain["median_s"] / t["median_s"], "psnr_db": psnr(y, ref), "peak_mem_mib": m} for p, t, y, m in paths]
+            continue
+        # CUDA graph of the same network: one launch per image instead of one per kernel.
+        try:
+            static = x.to(fast.plan.dtype)
+            graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode():
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    for _ in range(2):
+                        fast.fast_net(static)
+                torch.cuda.current_stream().wait_stream(stream)
+                with torch.cuda.graph(graph):
+                    static_out = fast.fast_net(static)
+            t_graph = timed_(graph.replay, repeats)
+            graph.replay()
+            torch.cuda.synchronize()
+            y_graph = static_out.float()
+            paths.append((f"fastnst + CUDA graph ({fast.plan.precision})", t_graph, y_graph, None))
+            del graph, static, static_out
+        except RuntimeError as e:  # a driver without graph support: report, keep the other rows
+            print(f"(CUDA graph row skipped: {str(e)[:120]})", file=sys.stderr)
+        for path, t, y, mem in paths:
+            rows.append(base | {"path": path, **t, "images_per_s": batch / t["median_s"], "tflops": flops / t["median_s"] / 1e12,
+                                "speedup": t_plain["median_s"] / t["median_s"], "psnr_db": psnr(y, ref), "peak_mem_mib": mem})
+        del x, ref
+        torch.cuda.empty_cache()
+    for r in rows:
+        r["peak_fraction"] = r["tflops"] / peaks["bf16_tflops"]
+    out["inference"] = rows
+
+    # Training steps: plain fp32 eager vs the training module's loss under bf16 autocast (Lightning's bf16-mixed).
+    features = vgg16_features(vgg_weights)
+    side = GPU_TRAIN_SIDE
+    style = torch.rand(1, 3, side, side, device=dev)
+    variants = [("fastnst bf16-mixed", True, False), ("fastnst bf16-mixed + channels_last", True, True)]
+    train_rows = []
+    for batch_size in GPU_TRAIN_BATCHES:
+        torch.manual_seed(0)
+        batch = torch.rand(batch_size, 3, side, side, device=dev)
+        train_rows += training_steps(features, vgg_weights or "random", style, batch, repeats, variants, timed_)
+    out["training"] = train_rows
+    return out
 
 
 # --------------------------------------------------------------------------- report
@@ -402,7 +544,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also time torch.compile (tens of seconds of compilation per size)")
     p.add_argument("--photo", type=Path, help="a 1920x1080 photo for the CLI timing (default: one is generated)")
     p.add_argument("--vgg", default=os.environ.get("FASTNST_VGG_WEIGHTS"), help="VGG16 weights for the training step (default: random init)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["inference", "cli", "memory", "training"], help="sections to leave out")
+    p.add_argument("--skip", nargs="*", default=[], choices=["inference", "cli", "memory", "training", "gpu"], help="sections to leave out (gpu runs only where CUDA is available)")
     args = p.parse_args()
     reps = 3 if args.quick else 5
     results: dict[str, Any] = {"machine": section_machine()}
@@ -442,6 +584,17 @@ def main() -> None:
         results["training"] = section_training(reps, args.vgg)
         print("\n## Training step, batch 4 of 256x256, VGG16 loss\n")
         print(fmt_table(results["training"], [("path", "path", ""), ("median_s", "median s", "{:.2f}"), ("min_s", "min", "{:.2f}"), ("max_s", "max", "{:.2f}"), ("speedup", "vs plain", "{:.2f}x"), ("loss_same_batch", "loss, same batch", "{:.4g}")]))
+
+    if "gpu" not in args.skip and torch.cuda.is_available():
+        g = results["gpu"] = section_gpu(20 if not args.quick else 10, args.vgg)
+        pk = g["peaks"]
+        print(f"\n## GPU: {g['gpu']}\n\nmatmul peaks (8192^3): fp32 {pk['fp32_tflops']:.1f}, tf32 {pk['tf32_tflops']:.1f}, bf16 {pk['bf16_tflops']:.0f} TFLOP/s")
+        print("\n### Inference, 1920x1080, classic network, on the GPU\n")
+        print(fmt_table(g["inference"], [("batch", "batch", ""), ("path", "path", ""), ("median_s", "median s", "{:.4f}"), ("images_per_s", "images/s", "{:.1f}"), ("tflops", "TFLOP/s", "{:.1f}"), ("peak_fraction", "of bf16 peak", "{:.1%}"), ("speedup", "vs plain", "{:.2f}x"), ("psnr_db", "PSNR dB", "{:.1f}"), ("peak_mem_mib", "peak MiB", "{:.0f}")]))
+        print("\n### Training step, 256x256 crops, VGG16 loss, on the GPU\n")
+        print(fmt_table(g["training"], [("batch", "batch", ""), ("path", "path", ""), ("median_s", "median s", "{:.4f}"), ("min_s", "min", "{:.4f}"), ("images_per_s", "images/s", "{:.0f}"), ("speedup", "vs plain", "{:.2f}x"), ("loss_same_batch", "loss, same batch", "{:.4g}")]))
+    elif "gpu" not in args.skip:
+        print("\n## GPU\n\nno CUDA device: GPU section skipped")
 
     results["peak_rss_parent_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.json:

@@ -7,8 +7,9 @@ model and the optimisation it is compared with are scored by the very same funct
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,19 @@ from fastnst.training.style import load_style_image, resolve_style_image
 
 CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
 DEFAULT_STYLE_LAYERS = {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """TF32 off for CUDA convolutions and matrix products while scoring: PyTorch lets cuDNN use TF32
+    (10-bit mantissa) by default, which would make a GPU score differ from the same score on a CPU."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
 def style_config(name: str) -> dict[str, Any]:

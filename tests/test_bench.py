@@ -1,0 +1,50 @@
+"""scripts/bench.py's GPU section, run on the CPU at toy sizes: it must not rot between GPU sessions."""
+
+import math
+
+import pytest
+import torch
+
+from scripts import bench
+
+
+@pytest.fixture
+def tiny_gpu_section(monkeypatch: pytest.MonkeyPatch) -> dict:
+    monkeypatch.setattr(bench, "GPU_MATMUL_N", 64)
+    monkeypatch.setattr(bench, "GPU_INFER_HW", (32, 48))
+    monkeypatch.setattr(bench, "GPU_INFER_BATCHES", (1, 2))
+    monkeypatch.setattr(bench, "GPU_TRAIN_SIDE", 32)
+    monkeypatch.setattr(bench, "GPU_TRAIN_BATCHES", (2,))
+    return bench.section_gpu(1, None, "cpu")
+
+
+def test_gpu_section_rows(tiny_gpu_section: dict) -> None:
+    r = tiny_gpu_section
+    assert r["peaks"]["best_tflops"] == max(r["peaks"]["fp32_tflops"], r["peaks"]["tf32_tflops"], r["peaks"]["bf16_tflops"]) > 0
+    inference = r["inference"]
+    assert [row["batch"] for row in inference] == [1, 1, 2, 2]
+    for row in inference:
+        assert row["images_per_s"] > 0 and 0 < row["peak_fraction"]
+        if row["path"].startswith("plain"):
+            assert row["speedup"] == 1.0 and math.isinf(row["psnr_db"])
+        else:
+            assert row["psnr_db"] >= 40  # the fast path stays close to the fp32 reference
+    training = r["training"]
+    assert [row["path"] for row in training] == ["plain fp32 eager (reference)", "fastnst bf16-mixed", "fastnst bf16-mixed + channels_last"]
+    losses = [row["loss_same_batch"] for row in training]
+    assert all(math.isfinite(v) and v > 0 for v in losses)
+    # The same loss on the same batch: channels_last changes the layout, not the numbers.
+    assert losses[2] == pytest.approx(losses[1], rel=1e-2)
+    assert all(row["images_per_s"] == pytest.approx(2 / row["median_s"]) for row in training)
+
+
+def test_training_steps_compare_the_same_loss(tmp_path) -> None:
+    torch.manual_seed(0)
+    weights = tmp_path / "vgg16.pth"
+    torch.save(bench.vgg16_features(None).state_dict(), weights)  # one set of random weights for both losses
+    features = bench.vgg16_features(str(weights))
+    batch = torch.rand(2, 3, 32, 32)
+    rows = bench.training_steps(features, str(weights), torch.rand(1, 3, 32, 32), batch, 1, [("fp32", False, False)])
+    assert rows[0]["speedup"] == 1.0 and rows[1]["path"] == "fp32"
+    # fastnst's loss in fp32 equals the plain pytorch/examples loss on the same batch (same definition).
+    assert rows[1]["loss_same_batch"] == pytest.approx(rows[0]["loss_same_batch"], rel=1e-4)
