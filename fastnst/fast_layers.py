@@ -48,12 +48,14 @@ class SubpixelUpsampleConv(nn.Module):
         n, _, h, w = x.shape
         xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
         o = self.out_channels
-        phases = []
+        # All four phases in one convolution of the padded input (one large matrix product, no shifted
+        # copies of the input): phase (a, b) is rows a..a+h-1, columns b..b+w-1 of its output channels.
+        bias = None if self.bias is None else self.bias.repeat(4)
+        y = F.conv2d(xp, self.weight, bias)  # (n, 4 * o, h + 1, w + 1)
+        out = torch.empty((n, o, h, 2, w, 2), dtype=y.dtype, device=y.device)
         for k, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-            phases.append(F.conv2d(xp[:, :, a : a + h + 1, b : b + w + 1], self.weight[k * o : (k + 1) * o], self.bias))
-        # (n, o, 4, h, w) with phase index a * 2 + b, then interleave: out[:, :, 2i + a, 2j + b].
-        y = torch.stack(phases, 2).view(n, o, 2, 2, h, w)
-        return y.permute(0, 1, 4, 2, 5, 3).reshape(n, o, 2 * h, 2 * w)
+            out[:, :, :, a, :, b] = y[:, k * o : (k + 1) * o, a : a + h, b : b + w]  # out[:, :, 2i + a, 2j + b]
+        return out.view(n, o, 2 * h, 2 * w)
 
 
 class PhaseConv2d(nn.Module):
@@ -89,7 +91,8 @@ class PhaseConv2d(nn.Module):
         xp = F.pad(x, (self.pad,) * 4, mode="reflect")
         h, w = xp.shape[-2:]
         # Odd padded sizes need one more row/column for space-to-depth; it never reaches a kept output.
-        xp = F.pad(xp, (0, w % 2, 0, h % 2))
+        if h % 2 or w % 2:
+            xp = F.pad(xp, (0, w % 2, 0, h % 2))
         y = F.conv2d(F.pixel_unshuffle(xp, 2), self.weight, self.bias)
         return F.pixel_shuffle(y, 2)[..., : x.shape[-2], : x.shape[-1]]
 
