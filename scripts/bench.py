@@ -425,6 +425,29 @@ GPU_TRAIN_SIDE = 256
 GPU_TRAIN_BATCHES = (4, 16)
 
 
+def _cuda_graph_timing(fast: Stylizer, x: torch.Tensor, repeats: int, timer: Callable[..., dict[str, float]]) -> tuple[dict[str, float], torch.Tensor] | None:
+    """Timing and output of ``fast``'s network captured as one CUDA graph (one launch per call), or None."""
+    try:
+        static = x.to(fast.plan.dtype)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode():
+            stream = torch.cuda.Stream()  # warm-up on a side stream, as graph capture requires
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    fast.fast_net(static)
+            torch.cuda.current_stream().wait_stream(stream)
+            with torch.cuda.graph(graph):
+                static_out = fast.fast_net(static)
+        t = timer(graph.replay, repeats)
+        graph.replay()
+        torch.cuda.synchronize()
+        return t, static_out.float()
+    except RuntimeError as e:  # a driver or build without graph support: keep the other rows
+        print(f"(CUDA graph row skipped: {str(e)[:120]})", file=sys.stderr)
+        return None
+
+
 def section_gpu(repeats: int, vgg_weights: str | None, device: str = "cuda") -> dict[str, Any]:
     """Issue 8's GPU figures: matmul peaks, 1080p inference paths, AMP training steps at batch 4 and 16."""
     dev = torch.device(device)
@@ -472,36 +495,16 @@ def section_gpu(repeats: int, vgg_weights: str | None, device: str = "cuda") -> 
             ("plain fp32 eager (reference)", t_plain, ref, mem_plain),
             (f"fastnst auto ({fast.plan.precision})", t_fast, y_fast, mem_fast),
         ]
-        if not cuda:
-            rows += [base | {"path": p, **t, "images_per_s": batch / t["median_s"], "tflops": flops / t["median_s"] / 1e12,
-                             "speedup": t_plain["median_s"] / t["median_s"], "psnr_db": psnr(y, ref), "peak_mem_mib": m} for p, t, y, m in paths]
-            continue
-        # CUDA graph of the same network: one launch per image instead of one per kernel.
-        try:
-            static = x.to(fast.plan.dtype)
-            graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode():
-                stream = torch.cuda.Stream()
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    for _ in range(2):
-                        fast.fast_net(static)
-                torch.cuda.current_stream().wait_stream(stream)
-                with torch.cuda.graph(graph):
-                    static_out = fast.fast_net(static)
-            t_graph = timed_(graph.replay, repeats)
-            graph.replay()
-            torch.cuda.synchronize()
-            y_graph = static_out.float()
-            paths.append((f"fastnst + CUDA graph ({fast.plan.precision})", t_graph, y_graph, None))
-            del graph, static, static_out
-        except RuntimeError as e:  # a driver without graph support: report, keep the other rows
-            print(f"(CUDA graph row skipped: {str(e)[:120]})", file=sys.stderr)
+        if cuda:
+            graphed = _cuda_graph_timing(fast, x, repeats, timed_)
+            if graphed is not None:
+                paths.append((f"fastnst + CUDA graph ({fast.plan.precision})", *graphed, None))
         for path, t, y, mem in paths:
             rows.append(base | {"path": path, **t, "images_per_s": batch / t["median_s"], "tflops": flops / t["median_s"] / 1e12,
                                 "speedup": t_plain["median_s"] / t["median_s"], "psnr_db": psnr(y, ref), "peak_mem_mib": mem})
         del x, ref
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
     for r in rows:
         r["peak_fraction"] = r["tflops"] / peaks["bf16_tflops"]
     out["inference"] = rows
