@@ -25,7 +25,7 @@ from torch import nn
 
 from fastnst._io import first_line
 from fastnst.model_file import ModelFileError, load_model
-from fastnst.net import TransformerNet
+from fastnst.net import TransformerNet, photo_logit
 
 FORMATS = ("onnx", "torchscript")
 EXPORT_MIN_SIZE = 8
@@ -48,7 +48,7 @@ class ExportableNet(nn.Module):
         x = F.pad(x, [left, pw - left, top, ph - top], mode="reflect")
         y = self.decoder(self.residuals(self.encoder(x)))
         if self.global_skip:
-            y = y + torch.logit(x.clamp(1e-3, 1 - 1e-3))
+            y = y + photo_logit(x)
         y = torch.sigmoid(y)
         return y[:, :, top : top + h, left : left + w]
 

@@ -129,7 +129,8 @@ class TransformerNet(nn.Module):
 
 def photo_logit(x: torch.Tensor) -> torch.Tensor:
     """logit of a photo in [0, 1], in float32 (bf16 would blur it), clamped so 0 and 1 stay finite."""
-    return torch.logit(x.float(), eps=1e-3)
+    # clamp + logit rather than logit's eps argument: the same values, and ONNX/TorchScript export them.
+    return torch.logit(x.float().clamp(1e-3, 1 - 1e-3))
 
 
 def padded_size(size: int) -> int:
