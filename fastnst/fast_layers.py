@@ -1,4 +1,4 @@
-"""Exact rewrites of the decoder's layers that run faster on CPUs (inference only).
+"""Exact rewrites of the decoder's layers that run faster on CPUs (inference, and training steps on CPUs).
 
 * :class:`SubpixelUpsampleConv` replaces ``nearest upsample x2 -> reflection-padded 3x3 conv``. Each of
   the four output phases (row/column parity) of that pair only ever sees two low-resolution rows and
@@ -17,6 +17,9 @@ they match the layers they replace.
 from __future__ import annotations
 
 import copy
+import functools
+import itertools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,84 +28,171 @@ from torch import nn
 from fastnst.net import ConvBlock, TransformerNet
 
 
-class SubpixelUpsampleConv(nn.Module):
+def _pad(x: torch.Tensor, pad: tuple[int, int, int, int], mode: str) -> torch.Tensor:
+    """``F.pad`` in ``x``'s own dtype: CPU autocast would run reflection/replication pads in float32, two
+    extra copies per layer for the same values (padding only moves numbers)."""
+    with torch.autocast(x.device.type, enabled=False):
+        return F.pad(x, pad, mode=mode)
+
+
+def subpixel_kernel(w: torch.Tensor) -> torch.Tensor:
+    """The (4 * out, in, 2, 2) kernel of :class:`SubpixelUpsampleConv` from a (out, in, 3, 3) one (differentiable)."""
+    # Row taps (dy = 0, 1, 2 of the upsampled image) fold onto two low-resolution rows per phase.
+    rows = [torch.stack([w[:, :, 0], w[:, :, 1] + w[:, :, 2]], 2), torch.stack([w[:, :, 0] + w[:, :, 1], w[:, :, 2]], 2)]
+    kernels = []
+    for wr in rows:  # (out, in, 2, 3) for row phase a = 0, 1
+        kernels += [torch.stack([wr[..., 0], wr[..., 1] + wr[..., 2]], -1), torch.stack([wr[..., 0] + wr[..., 1], wr[..., 2]], -1)]
+    return torch.cat(kernels, 0)  # phases (0, 0), (0, 1), (1, 0), (1, 1)
+
+
+@functools.lru_cache(maxsize=8)
+def _phase_index(k: int) -> torch.Tensor:
+    """Where each tap of the space-to-depth kernel comes from: ``u * k + v`` of the k x k kernel, or ``k * k`` (zero)."""
+    taps = (k + 2) // 2  # kernel size on the half-resolution grid: offsets p with 0 <= 2p + q - a < k
+    idx = torch.full((2, 2, 2, 2, taps, taps), k * k, dtype=torch.long)  # (a, b, qr, qc, p, s)
+    for a, b, qr, qc in itertools.product((0, 1), repeat=4):
+        for p, s in itertools.product(range(taps), repeat=2):
+            u, v = 2 * p + qr - a, 2 * s + qc - b
+            if 0 <= u < k and 0 <= v < k:
+                idx[a, b, qr, qc, p, s] = u * k + v
+    return idx
+
+
+def phase_kernel(w: torch.Tensor) -> torch.Tensor:
+    """The (4 * out, 4 * in, t, t) kernel of :class:`PhaseConv2d` from a (out, in, k, k) one (differentiable)."""
+    o, c, k = w.shape[0], w.shape[1], w.shape[-1]
+    idx = _phase_index(k).to(w.device)
+    flat = torch.cat([w.reshape(o, c, k * k), w.new_zeros(o, c, 1)], 2)
+    big = flat[:, :, idx]  # (o, c, a, b, qr, qc, p, s)
+    # Output channel o*4 + a*2 + b (pixel_shuffle order), input channel c*4 + qr*2 + qc (pixel_unshuffle order).
+    return big.permute(0, 2, 3, 1, 4, 5, 6, 7).reshape(o * 4, c * 4, *idx.shape[-2:])
+
+
+class _Rewrite(nn.Module):
+    """Holds either a frozen re-arranged copy of a conv's weights (inference) or the conv itself (training:
+    the kernel is re-derived from ``conv.weight`` on every call, so gradients reach the original weights)."""
+
+    def __init__(self, conv: nn.Conv2d, trainable: bool, kernel: Callable[[torch.Tensor], torch.Tensor], bias_repeat: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self._kernel, self._bias_repeat = kernel, bias_repeat
+        self.conv = conv if trainable else None
+        if not trainable:
+            self.weight = nn.Parameter(kernel(conv.weight.detach()).contiguous(), requires_grad=False)
+            self.bias = nn.Parameter(bias_repeat(conv.bias.detach()).clone(), requires_grad=False) if conv.bias is not None else None
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.conv is None:
+            return self.weight, self.bias
+        bias = self.conv.bias
+        return self._kernel(self.conv.weight), None if bias is None else self._bias_repeat(bias)
+
+
+class SubpixelUpsampleConv(_Rewrite):
     """``Upsample(2, nearest)`` then ``conv`` (3x3, stride 1, reflection padding 1), computed at low resolution."""
 
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
+    def __init__(self, conv: nn.Conv2d, trainable: bool = False) -> None:
         if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1):
             raise ValueError("SubpixelUpsampleConv replaces 3x3 stride-1 convolutions with padding 1")
-        w = conv.weight.detach()
-        # Row taps (dy = 0, 1, 2 of the upsampled image) fold onto two low-resolution rows per phase.
-        rows = [torch.stack([w[:, :, 0], w[:, :, 1] + w[:, :, 2]], 2), torch.stack([w[:, :, 0] + w[:, :, 1], w[:, :, 2]], 2)]
-        kernels = []
-        for a in (0, 1):
-            wr = rows[a]  # (out, in, 2, 3)
-            cols = [torch.stack([wr[..., 0], wr[..., 1] + wr[..., 2]], -1), torch.stack([wr[..., 0] + wr[..., 1], wr[..., 2]], -1)]
-            kernels += [cols[0], cols[1]]  # phases (a, 0), (a, 1)
-        self.weight = nn.Parameter(torch.cat(kernels, 0).contiguous(), requires_grad=False)  # (4 * out, in, 2, 2)
-        self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False) if conv.bias is not None else None
+        super().__init__(conv, trainable, subpixel_kernel, lambda b: b.repeat(4))
         self.out_channels = conv.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
-        xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        weight, bias = self.weights()
+        xp = _pad(x, (1, 1, 1, 1), "replicate")
         o = self.out_channels
         # All four phases in one convolution of the padded input (one large matrix product, no shifted
         # copies of the input): phase (a, b) is rows a..a+h-1, columns b..b+w-1 of its output channels.
-        bias = None if self.bias is None else self.bias.repeat(4)
-        y = F.conv2d(xp, self.weight, bias)  # (n, 4 * o, h + 1, w + 1)
+        y = F.conv2d(xp, weight, bias)  # (n, 4 * o, h + 1, w + 1)
         out = torch.empty((n, o, h, 2, w, 2), dtype=y.dtype, device=y.device)
         for k, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
             out[:, :, :, a, :, b] = y[:, k * o : (k + 1) * o, a : a + h, b : b + w]  # out[:, :, 2i + a, 2j + b]
         return out.view(n, o, 2 * h, 2 * w)
 
 
-class PhaseConv2d(nn.Module):
+class PhaseConv2d(_Rewrite):
     """A stride-1, odd-kernel, reflection-padded ``conv`` computed on the 2x2 space-to-depth of its input."""
 
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
+    def __init__(self, conv: nn.Conv2d, trainable: bool = False) -> None:
         k = conv.kernel_size[0]
         if conv.kernel_size != (k, k) or k % 2 == 0 or conv.stride != (1, 1) or conv.padding_mode != "reflect":
             raise ValueError("PhaseConv2d replaces square, odd, stride-1, reflection-padded convolutions")
+        super().__init__(conv, trainable, phase_kernel, lambda b: b.repeat_interleave(4))
         self.pad = k // 2
-        taps = (k + 2) // 2  # kernel size on the half-resolution grid: offsets p with 0 <= 2p + q - a < k
-        w = conv.weight.detach()
-        o, c = w.shape[:2]
-        big = torch.zeros(o, 2, 2, c, 2, 2, taps, taps, dtype=w.dtype)
-        for a in (0, 1):
-            for b in (0, 1):
-                for qr in (0, 1):
-                    for qc in (0, 1):
-                        for p in range(taps):
-                            u = 2 * p + qr - a
-                            if not 0 <= u < k:
-                                continue
-                            for s in range(taps):
-                                v = 2 * s + qc - b
-                                if 0 <= v < k:
-                                    big[:, a, b, :, qr, qc, p, s] = w[:, :, u, v]
-        # Output channel o*4 + a*2 + b (pixel_shuffle order), input channel c*4 + qr*2 + qc (pixel_unshuffle order).
-        self.weight = nn.Parameter(big.reshape(o * 4, c * 4, taps, taps).contiguous(), requires_grad=False)
-        self.bias = nn.Parameter(conv.bias.detach().repeat_interleave(4).clone(), requires_grad=False) if conv.bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xp = F.pad(x, (self.pad,) * 4, mode="reflect")
+        weight, bias = self.weights()
+        xp = _pad(x, (self.pad,) * 4, "reflect")
         h, w = xp.shape[-2:]
         # Odd padded sizes need one more row/column for space-to-depth; it never reaches a kept output.
         if h % 2 or w % 2:
             xp = F.pad(xp, (0, w % 2, 0, h % 2))
-        y = F.conv2d(F.pixel_unshuffle(xp, 2), self.weight, self.bias)
+        y = F.conv2d(F.pixel_unshuffle(xp, 2), weight, bias)
         return F.pixel_shuffle(y, 2)[..., : x.shape[-2], : x.shape[-1]]
+
+
+class PadInDtypeConv2d(nn.Module):
+    """A padded ``conv`` (sharing its weights) whose padding runs in the input's dtype (see :func:`_pad`)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        ph, pw = c.padding  # type: ignore[misc]
+        x = _pad(x, (pw, pw, ph, ph), c.padding_mode)
+        return F.conv2d(x, c.weight, c.bias, c.stride, 0, c.dilation, c.groups)
+
+
+def fast_decoder(decoder: nn.Sequential, trainable: bool = False) -> nn.Sequential:
+    """``decoder`` with its upsample+conv pairs and its final conv in the rewritten forms.
+
+    ``trainable=True`` shares every module and parameter with ``decoder`` (for training steps:
+    same function, same gradients, less time); otherwise the rewrites hold frozen weight copies.
+    """
+    blocks: list[nn.Module] = []
+    for block in decoder:
+        if isinstance(block, ConvBlock) and isinstance(block[0], nn.Upsample):
+            blocks.append(nn.Sequential(SubpixelUpsampleConv(block[1], trainable), *list(block)[2:]))
+        elif isinstance(block, nn.Conv2d) and block.out_channels < 8:
+            blocks.append(PhaseConv2d(block, trainable))
+        else:
+            blocks.append(block)
+    return nn.Sequential(*blocks)
+
+
+def _shared_copy(module: nn.Module, replace: Callable[[nn.Module], nn.Module | None]) -> nn.Module:
+    """A copy of ``module``'s tree of modules, with ``replace(m)`` wherever it is not None; parameters shared."""
+    substitute = replace(module)
+    if substitute is not None:
+        return substitute
+    if not module._modules:
+        return module
+    clone = copy.copy(module)
+    clone._modules = {name: _shared_copy(child, replace) for name, child in module._modules.items() if child is not None}
+    return clone
+
+
+def training_view(net: TransformerNet) -> TransformerNet:
+    """``net`` for training steps on CPUs: the same parameters (gradients reach them), the decoder in its
+    rewritten form (:func:`fast_decoder` with ``trainable=True``) and every padded conv padding in the
+    input's dtype under autocast. Same function, same gradients, less time (docs/benchmarks.md)."""
+
+    def replace(m: nn.Module) -> nn.Module | None:
+        if isinstance(m, _Rewrite):
+            return m  # holds the original conv, which it needs as it is
+        if m is net.decoder:
+            return _shared_copy(fast_decoder(m, trainable=True), replace)
+        if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+            return PadInDtypeConv2d(m)
+        return None
+
+    return _shared_copy(net, replace)  # type: ignore[return-value]
 
 
 def fast_copy(net: TransformerNet) -> TransformerNet:
     """A copy of ``net`` for inference with the decoder's upsample+conv pairs and final conv rewritten."""
     fast = copy.deepcopy(net)
-    for i, block in enumerate(fast.decoder):
-        if isinstance(block, ConvBlock) and isinstance(block[0], nn.Upsample):
-            fast.decoder[i] = nn.Sequential(SubpixelUpsampleConv(block[1]), *list(block)[2:])
-        elif isinstance(block, nn.Conv2d) and block.out_channels < 8:
-            fast.decoder[i] = PhaseConv2d(block)
+    fast.decoder = fast_decoder(fast.decoder)
     return fast

@@ -344,9 +344,11 @@ def training_steps(
     """Time the plain fp32 step, then fastnst's step for each ``(name, bf16 autocast, channels_last)``.
 
     Plain: fp32 eager, both images through VGG to relu4_3, as in pytorch/examples. fastnst: the training
-    module's loss (Grams once, the photo only to relu2_2 and without grad, no VGG grads).
+    module's loss and forward (Grams once, the photo only to relu2_2 and without grad, no VGG grads; on CPUs
+    the rewritten decoder, 2x2 max-pools from elementwise maxima, a one-product Gram backward).
     """
     from fastnst.training.loss import build_loss
+    from fastnst.training.module import train_forward
 
     dev = batch.device
     torch.manual_seed(0)
@@ -374,12 +376,12 @@ def training_steps(
             xb = batch.contiguous(memory_format=torch.channels_last)
         opt_f = torch.optim.Adam(net_f.parameters(), 1e-3)
         with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            loss0_f = loss_f(net_f(xb), xb)["total"].item()
+            loss0_f = loss_f(train_forward(net_f, xb), xb)["total"].item()
 
         def fast_step() -> None:
             opt_f.zero_grad(set_to_none=True)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                total = loss_f(net_f(xb), xb)["total"]
+                total = loss_f(train_forward(net_f, xb), xb)["total"]
             total.backward()
             opt_f.step()
 

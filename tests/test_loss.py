@@ -7,7 +7,7 @@ from torchvision import models
 from conftest import VGG16_FILE
 from fastnst.net import TransformerNet
 from fastnst.training.loss import PerceptualLoss, build_loss, gram_matrix, total_variation
-from fastnst.training.vgg import VGGFeatures, VGGWeightsError, _make_features, layer_names
+from fastnst.training.vgg import MaxPool2x2, VGGFeatures, VGGWeightsError, _make_features, layer_names
 
 
 def test_gram_matrix_by_hand() -> None:
@@ -23,6 +23,38 @@ def test_gram_is_float32_under_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         g = gram_matrix(f.bfloat16())
     assert g.dtype == torch.float32 and g.shape == (2, 4, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gram_gradient_matches_autograd_of_the_formula(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    f = torch.randn(2, 6, 5, 7).to(dtype)
+    mine, ref = f.clone().requires_grad_(), f.clone().requires_grad_()
+    weight = torch.randn(2, 6, 6)
+    (gram_matrix(mine) * weight).sum().backward()
+    flat = ref.float().reshape(2, 6, 35)
+    ((flat @ flat.transpose(1, 2) / (6 * 35)) * weight).sum().backward()
+    assert mine.grad.dtype == dtype
+    # fp32: the same numbers; bf16: the backward product runs in bf16 (as the convolutions' do).
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    assert (mine.grad.float() - ref.grad.float()).abs().max() <= tol * ref.grad.float().abs().max()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 4, 7, 9), (1, 2, 3, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_vgg_max_pool_equals_max_pool2d_with_ties(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    x = (torch.relu(torch.randn(shape)) * 4).round().div(4).to(dtype)  # many equal values inside windows
+    mine, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = MaxPool2x2()(mine)
+    expected = torch.nn.functional.max_pool2d(ref, 2, 2)
+    assert torch.equal(out, expected)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    assert torch.equal(mine.grad, ref.grad)  # each gradient goes to the same (first) maximum
+    with torch.no_grad():
+        assert torch.equal(MaxPool2x2()(x), expected)
 
 
 def test_total_variation_by_hand() -> None:
