@@ -10,6 +10,12 @@ def test_resize_crop_square() -> None:
     out = resize_crop(torch.rand(3, 40, 90), 32)
     assert out.shape == (3, 32, 32)
     assert resize_crop(torch.rand(3, 10, 12), 32).shape == (3, 32, 32)  # small photos are upscaled
+    # short_side: resize larger first, so the crop shows part of the photo at a larger scale.
+    bars = torch.zeros(3, 40, 90)
+    bars[:, :, ::2] = 1.0  # 1-pixel stripes: 0.5 mean at any scale, blurred to grey by a small resize
+    full, zoomed = resize_crop(bars, 20), resize_crop(bars, 20, short_side=80)
+    assert zoomed.shape == full.shape == (3, 20, 20)
+    assert zoomed.std() > 2 * full.std()  # at 2x the scale the stripes survive the resize
 
 
 def test_sampler_is_seeded_sharded_and_resumable() -> None:
@@ -49,6 +55,8 @@ def test_datamodule_fails_early_on_empty_or_missing(tmp_path: Path) -> None:
         PhotoDataModule(str(tmp_path)).check()
     with pytest.raises(DataError, match="data.image_size must be a positive integer"):
         PhotoDataModule(str(tmp_path), image_size=0)
+    with pytest.raises(DataError, match=r"data.short_side \(128\) must be at least data.image_size \(256\)"):
+        PhotoDataModule(str(tmp_path), image_size=256, short_side=128)
 
 
 def test_train_loader_batches(photo_dir: Path) -> None:

@@ -1,7 +1,8 @@
 """Training photos: a folder of images, cropped squares, a resumable order, bad files skipped.
 
 * Every image below ``root`` (recursive; jpg, jpeg, png, webp, bmp, tif) is a training photo.
-* Each sample is resized (short side = ``image_size``, antialiased) and cropped to a square at a
+* Each sample is resized (short side = ``short_side``, default ``image_size``; antialiased) and cropped to an
+  ``image_size`` square at a
   position drawn from ``(seed, epoch, position in epoch)``, so a run is reproducible and a resumed
   run sees exactly the samples an uninterrupted one would.
 * An unreadable file is skipped (the next file is used instead), warned about once, and counted:
@@ -33,11 +34,13 @@ class DataError(RuntimeError):
     """The training data cannot be used at all (missing folder, no images)."""
 
 
-def resize_crop(rgb: torch.Tensor, size: int, top_frac: float = 0.5, left_frac: float = 0.5) -> torch.Tensor:
-    """Resize so the short side is ``size`` (antialiased), then crop a ``size`` square at the given fractions."""
+def resize_crop(rgb: torch.Tensor, size: int, top_frac: float = 0.5, left_frac: float = 0.5, short_side: int | None = None) -> torch.Tensor:
+    """Resize so the short side is ``short_side`` (default ``size``; antialiased), then crop a ``size`` square
+    at the given fractions."""
     h, w = rgb.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    short = max(size, short_side or size)
+    scale = short / min(h, w)
+    nh, nw = max(short, round(h * scale)), max(short, round(w * scale))
     out = F.interpolate(rgb.unsqueeze(0), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
     top, left = int(top_frac * (nh - size)), int(left_frac * (nw - size))
     return out[:, top : top + size, left : left + size].clamp_(0, 1)
@@ -47,9 +50,9 @@ class PhotoDataset(Dataset):
     """Square crops of the photos in ``files``. Items are ``(index, crop_seed)`` pairs (see :class:`ResumableSampler`)
     or plain indices (centre crop); each returns ``(image, number of unreadable files skipped)``."""
 
-    def __init__(self, files: list[Path], image_size: int) -> None:
+    def __init__(self, files: list[Path], image_size: int, short_side: int | None = None) -> None:
         self.files = files
-        self.image_size = image_size
+        self.image_size, self.short_side = image_size, short_side
         self._warned: set[Path] = set()
 
     def __len__(self) -> int:
@@ -69,10 +72,10 @@ class PhotoDataset(Dataset):
                     log.warning("skipping unreadable training image: %s", e)
                 continue
             if seed is None:
-                return resize_crop(rgb, self.image_size), skipped
+                return resize_crop(rgb, self.image_size, short_side=self.short_side), skipped
             g = torch.Generator().manual_seed(seed)
             top, left = torch.rand(2, generator=g).tolist()
-            return resize_crop(rgb, self.image_size, top, left), skipped
+            return resize_crop(rgb, self.image_size, top, left, self.short_side), skipped
         raise DataError(f"none of the {len(self.files)} training images could be read")
 
 
@@ -140,6 +143,8 @@ class PhotoDataModule(pl.LightningDataModule):
     Args:
         root: folder of training photos (searched recursively).
         image_size: side of the square training crops.
+        short_side: photos are resized to this short side before cropping (default ``image_size``: the
+            crop spans the short side). Larger shows the network its photos at a larger pixel scale.
         batch_size: crops per step (per process under DDP).
         num_workers: DataLoader worker processes.
         val_root: folder of validation photos; default: the first ``num_val_images`` photos of ``root``.
@@ -156,15 +161,19 @@ class PhotoDataModule(pl.LightningDataModule):
         val_root: str | None = None,
         num_val_images: int = 4,
         seed: int = 0,
+        short_side: int | None = None,
     ) -> None:
         super().__init__()
-        for key, value in (("image_size", image_size), ("batch_size", batch_size)):
+        for key, value in (("image_size", image_size), ("batch_size", batch_size), ("short_side", short_side or image_size)):
             if not isinstance(value, int) or value < 1:
                 raise DataError(f"data.{key} must be a positive integer, got {value!r}")
+        if short_side is not None and short_side < image_size:
+            raise DataError(f"data.short_side ({short_side}) must be at least data.image_size ({image_size}), or null")
         if num_workers < 0:
             raise DataError(f"data.num_workers must be >= 0, got {num_workers}")
         self.root = Path(root).expanduser()
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
+        self.short_side = short_side
         self.val_root = Path(val_root).expanduser() if val_root else None
         self.num_val_images, self.seed = num_val_images, seed
         self._files: list[Path] | None = None
@@ -205,7 +214,7 @@ class PhotoDataModule(pl.LightningDataModule):
         sampler = ResumableSampler(len(self.files), self.seed, rank, world)
         # drop_last keeps every batch full (and equal across ranks); a short epoch still yields at least one batch.
         drop_last = math.ceil(len(self.files) / world) >= self.batch_size
-        return ResumableLoader(PhotoDataset(self.files, self.image_size), sampler, drop_last=drop_last, **self._loader_kwargs())
+        return ResumableLoader(PhotoDataset(self.files, self.image_size, self.short_side), sampler, drop_last=drop_last, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
         kwargs = self._loader_kwargs() | {"num_workers": 0, "persistent_workers": False}

@@ -125,6 +125,10 @@ def validate(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(f"loss.style_layers.{layer} must be a weight >= 0, got {weight!r}")
     _positive(data["image_size"], "data.image_size", int)
     _positive(data["batch_size"], "data.batch_size", int)
+    if data.get("short_side") is not None:
+        _positive(data["short_side"], "data.short_side", int)
+        if data["short_side"] < data["image_size"]:
+            raise ConfigError(f"data.short_side ({data['short_side']}) must be at least data.image_size ({data['image_size']}), or null")
     _positive(model["base_channels"], "model.base_channels", int)
     if not isinstance(model["num_residual_blocks"], int) or model["num_residual_blocks"] < 0:
         raise ConfigError(f"model.num_residual_blocks must be an integer >= 0, got {model['num_residual_blocks']!r}")
@@ -200,6 +204,7 @@ def model_metadata(cfg: Mapping[str, Any], steps: int, seconds: float, precision
         "style_layers": {k: float(v) for k, v in loss["style_layers"].items()},
         "model": cfg["model"].get("name"),
         "image_size": int(data["image_size"]),
+        "short_side": data.get("short_side"),
         "batch_size": int(data["batch_size"]),
         "lr": float(cfg["optim"]["lr"]),
         "optim": dict(cfg["optim"]),

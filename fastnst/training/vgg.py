@@ -44,13 +44,14 @@ class _MaxPool2x2Function(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
         x, out = ctx.saved_tensors
-        grad_in = torch.zeros_like(x)
+        h, w = out.shape[-2:]
+        # The four strided writes below cover every element but a dropped odd last row/column.
+        grad_in = torch.empty_like(x) if x.shape[-2:] == (2 * h, 2 * w) else torch.zeros_like(x)
         taken = torch.zeros_like(out, dtype=torch.bool)
         for a, b in ((0, 0), (0, 1), (1, 0), (1, 1)):
-            h, w = out.shape[-2:]
             quad = x[..., a : 2 * h : 2, b : 2 * w : 2]
             hit = (quad == out) & ~taken if (a, b) != (1, 1) else ~taken
-            grad_in[..., a : 2 * h : 2, b : 2 * w : 2] = grad * hit
+            torch.mul(grad, hit, out=grad_in[..., a : 2 * h : 2, b : 2 * w : 2])  # straight into the strided view
             taken |= hit
         return grad_in
 
