@@ -103,11 +103,36 @@ class SubpixelUpsampleConv(_Rewrite):
         o = self.out_channels
         # All four phases in one convolution of the padded input (one large matrix product, no shifted
         # copies of the input): phase (a, b) is rows a..a+h-1, columns b..b+w-1 of its output channels.
-        y = F.conv2d(xp, weight, bias)  # (n, 4 * o, h + 1, w + 1)
+        return _Interleave.apply(F.conv2d(xp, weight, bias))  # (n, 4 * o, h + 1, w + 1) -> (n, o, 2h, 2w)
+
+
+_PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+
+class _Interleave(torch.autograd.Function):
+    """Phase (a, b) of :class:`SubpixelUpsampleConv` is rows a..a+h-1, columns b..b+w-1 of its output
+    channels of the (n, 4 * o, h + 1, w + 1) convolution: write them interleaved, out[:, :, 2i + a, 2j + b].
+    Its own backward fills one gradient tensor (four slice assignments would each zero-fill and add one)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, y: torch.Tensor) -> torch.Tensor:
+        n, o4, h1, w1 = y.shape
+        o, h, w = o4 // 4, h1 - 1, w1 - 1
         out = torch.empty((n, o, h, 2, w, 2), dtype=y.dtype, device=y.device)
-        for k, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-            out[:, :, :, a, :, b] = y[:, k * o : (k + 1) * o, a : a + h, b : b + w]  # out[:, :, 2i + a, 2j + b]
+        for k, (a, b) in enumerate(_PHASES):
+            out[:, :, :, a, :, b] = y[:, k * o : (k + 1) * o, a : a + h, b : b + w]
+        ctx.y_shape = y.shape
         return out.view(n, o, 2 * h, 2 * w)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        n, o4, h1, w1 = ctx.y_shape
+        o, h, w = o4 // 4, h1 - 1, w1 - 1
+        g = grad.reshape(n, o, h, 2, w, 2)
+        grad_y = grad.new_zeros(ctx.y_shape)
+        for k, (a, b) in enumerate(_PHASES):
+            grad_y[:, k * o : (k + 1) * o, a : a + h, b : b + w] = g[:, :, :, a, :, b]
+        return grad_y
 
 
 class PhaseConv2d(_Rewrite):

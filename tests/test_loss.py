@@ -6,7 +6,7 @@ from torchvision import models
 
 from conftest import VGG16_FILE
 from fastnst.net import TransformerNet
-from fastnst.training.loss import PerceptualLoss, build_loss, gram_matrix, total_variation
+from fastnst.training.loss import PerceptualLoss, build_loss, content_mse, gram_matrix, total_variation
 from fastnst.training.vgg import MaxPool2x2, VGGFeatures, VGGWeightsError, _make_features, layer_names
 
 
@@ -38,6 +38,41 @@ def test_gram_gradient_matches_autograd_of_the_formula(dtype: torch.dtype) -> No
     # fp32: the same numbers; bf16: the backward product runs in bf16 (as the convolutions' do).
     tol = 1e-6 if dtype == torch.float32 else 1e-2
     assert (mine.grad.float() - ref.grad.float()).abs().max() <= tol * ref.grad.float().abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gram_of_channels_last_features_equals_nchw(dtype: torch.dtype) -> None:
+    # The VGG hands channels_last activations to the Gram on CPUs; the Gram and its gradient must not care.
+    torch.manual_seed(0)
+    f = torch.randn(2, 6, 5, 7).to(dtype)
+    nchw, cl = f.clone().requires_grad_(), f.contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = torch.randn(2, 6, 6)
+    g_nchw, g_cl = gram_matrix(nchw), gram_matrix(cl)
+    torch.testing.assert_close(g_cl, g_nchw)
+    (g_nchw * weight).sum().backward()
+    (g_cl * weight).sum().backward()
+    assert cl.grad.dtype == dtype and cl.grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(cl.grad.float(), nchw.grad.float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-6)
+
+
+def test_content_mse_bf16_matches_float32() -> None:
+    torch.manual_seed(0)
+    a, b = torch.relu(torch.randn(2, 8, 9, 11)) * 30, torch.relu(torch.randn(2, 8, 9, 11)) * 30
+    ref_a = a.clone().requires_grad_()
+    ref = torch.nn.functional.mse_loss(ref_a, b)
+    ref.backward()
+    fp32_a = a.clone().requires_grad_()
+    assert torch.equal(content_mse(fp32_a, b), ref)  # float32 inputs: exactly mse_loss
+    # bf16 features (autocast): the same quantity from the rounded inputs, a float32 scalar.
+    a16 = a.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = content_mse(a16, b.bfloat16())
+    assert value.dtype == torch.float32
+    expected = torch.nn.functional.mse_loss(a.bfloat16().float(), b.bfloat16().float())
+    torch.testing.assert_close(value, expected, rtol=2e-3, atol=0)
+    value.backward()
+    assert a16.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(a16.grad.float(), ref_a.grad, rtol=2e-2, atol=2e-3 * ref_a.grad.abs().max().item())
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 4, 7, 9), (1, 2, 3, 2)])
@@ -84,6 +119,10 @@ def test_vgg_truncated_frozen_and_normalising() -> None:
     # ImageNet normalisation happens inside: the layers see (x - mean) / std.
     normalised = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     torch.testing.assert_close(out["relu1_2"], vgg.layers[:4](normalised))
+    # The same values as torchvision's own layer stack, whatever memory layout runs inside (channels_last on CPUs).
+    reference = _make_features("vgg16")[:9]
+    reference.load_state_dict(vgg.layers.state_dict())
+    torch.testing.assert_close(vgg(x, ["relu2_2"])["relu2_2"], reference(normalised), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="unknown vgg16 layer"):
         VGGFeatures("vgg16", ["relu9_9"], weights="random")
 
