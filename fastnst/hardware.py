@@ -13,11 +13,19 @@ The rule, measured rather than assumed (see ``scripts/bench.py`` and ``docs/benc
   so it is never chosen automatically.
 
 Every choice can be overridden (``precision=`` in the API, ``--precision`` on the CLI).
+
+One more process-wide setting matters on Linux CPUs: glibc serves every allocation above 32 MiB
+(a 1920x1080 activation of 32 channels is 133 MB in bf16) with a fresh ``mmap`` and unmaps it when
+freed, so each layer's output costs the kernel a page fault and a page of zeros per 4 KiB. At
+1920x1080 that was a third of the forward pass. :func:`reuse_freed_memory` keeps freed memory in the
+process for the next tensor instead (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import os
 import platform
 from dataclasses import dataclass
 
@@ -96,3 +104,37 @@ def plan_for(device: torch.device, precision: str = "auto", flags: frozenset[str
     if native_bf16_cpu(flags):
         return ExecutionPlan(device, torch.bfloat16, "CPU with native bf16: bf16")
     return ExecutionPlan(device, torch.float32, "CPU without native bf16: fp32 (emulated bf16 would be slower)")
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def reuse_freed_memory(enable: bool = True) -> bool:
+    """Keep freed memory in the process for reuse (glibc only; elsewhere a no-op returning False).
+
+    glibc hands out large blocks with ``mmap`` and returns them on ``free``; the next tensor of that
+    size then pays a page fault per 4 KiB. With ``mmap`` off for large blocks and no trimming, they
+    come from the heap and are reused: 1920x1080 inference 2.85 -> 1.76 s and a CPU training step
+    1.82 -> 1.69 s on a Zen 4 (docs/benchmarks.md). The price: the process keeps its peak memory
+    until it exits. fastnst's CPU inference and training call this; ``FASTNST_SYSTEM_MALLOC=1`` in
+    the environment leaves malloc alone. ``enable=False`` restores glibc's defaults.
+    """
+    libc = _glibc()
+    if libc is None or (enable and os.environ.get("FASTNST_SYSTEM_MALLOC", "") not in ("", "0")):
+        return False
+    if enable:
+        settings = {_M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 2**31 - 1}
+    else:
+        settings = _GLIBC_DEFAULTS
+    return all(libc.mallopt(param, value) == 1 for param, value in settings.items())

@@ -35,7 +35,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fastnst.hardware import cpu_flags, cpu_name, native_bf16_cpu, plan_for  # noqa: E402
+from fastnst.hardware import cpu_flags, cpu_name, native_bf16_cpu, plan_for, reuse_freed_memory  # noqa: E402
 from fastnst.net import TransformerNet, count_flops  # noqa: E402
 from fastnst.stylize import Stylizer  # noqa: E402
 
@@ -184,6 +184,8 @@ def section_machine() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "cpu_plan": plan_for(torch.device("cpu")).reason,
+        # fastnst's CPU paths keep freed memory for reuse (glibc); the plain rows run with glibc's defaults.
+        "reuse_freed_memory": reuse_freed_memory(),
     }
     return info
 
@@ -204,6 +206,7 @@ def section_inference(sizes: list[tuple[int, int]], repeats: int, peak: float, c
     for h, w in sizes:
         x = torch.rand(1, 3, h, w)
         flops = count_flops(net, h, w)
+        reuse_freed_memory(False)  # the plain way runs with glibc's defaults; Stylizer turns reuse on again
         with torch.inference_mode():
             ref = plain(x)
             t_plain = timed(lambda: plain(x), repeats)
@@ -364,7 +367,9 @@ def training_steps(
         loss_p(net_p(batch), batch).backward()
         opt_p.step()
 
+    reuse_freed_memory(False)  # glibc's defaults for the plain step, fastnst's setting for its own (as fit() does)
     t_plain = timer(plain_step, repeats)
+    reuse_freed_memory(dev.type == "cpu")
     rows = [{"batch": len(batch), "path": "plain fp32 eager (reference)", **t_plain, "speedup": 1.0, "loss_same_batch": loss0_p}]
     for name, bf16, channels_last in variants:
         net_f = trained_like_net().train().to(dev)

@@ -1,9 +1,11 @@
 """The fast path: chosen per machine, never emulated bf16, and numerically close to fp32."""
 
+import ctypes
+
 import pytest
 import torch
 
-from fastnst.hardware import ExecutionPlan, native_bf16_cpu, plan_for
+from fastnst.hardware import ExecutionPlan, native_bf16_cpu, plan_for, reuse_freed_memory
 from fastnst.net import TransformerNet
 from fastnst.stylize import Stylizer
 
@@ -71,3 +73,37 @@ def test_cuda_path_matches_fp32() -> None:
     fast = Stylizer(net, "cuda", "auto")
     assert isinstance(fast.plan, ExecutionPlan) and fast.plan.device.type == "cuda"
     assert _psnr(fast(x), ref) >= 40
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _mmapped_blocks() -> int:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    return int(libc.mallinfo2().hblks)
+
+
+@pytest.mark.skipif(not reuse_freed_memory(), reason="needs glibc (Linux)")
+def test_reuse_freed_memory_serves_large_tensors_from_the_heap(monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        _mmapped_blocks()
+    except (OSError, AttributeError):
+        pytest.skip("glibc without mallinfo2")
+    big = 64 << 20  # above glibc's largest mmap threshold (32 MiB)
+    try:
+        assert reuse_freed_memory()
+        before = _mmapped_blocks()
+        x = torch.empty(big, dtype=torch.uint8)
+        assert _mmapped_blocks() == before  # from the heap: freed and reused without new page faults
+        del x
+        assert reuse_freed_memory(False)  # glibc's defaults again: a fresh mapping per large block
+        y = torch.empty(big, dtype=torch.uint8)
+        assert _mmapped_blocks() == before + 1
+        del y
+        monkeypatch.setenv("FASTNST_SYSTEM_MALLOC", "1")
+        assert not reuse_freed_memory()  # the user's opt-out
+    finally:
+        monkeypatch.delenv("FASTNST_SYSTEM_MALLOC", raising=False)
+        reuse_freed_memory()

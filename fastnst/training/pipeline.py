@@ -23,7 +23,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from fastnst import __version__
 from fastnst._io import atomic_write
-from fastnst.hardware import native_bf16_cpu
+from fastnst.hardware import native_bf16_cpu, reuse_freed_memory
 from fastnst.model_file import save_model
 from fastnst.training.data import PhotoDataModule
 from fastnst.training.module import StyleTransferModule
@@ -225,6 +225,8 @@ def fit(cfg: Mapping[str, Any], run_dir: Path) -> Path | None:
     tcfg = dict(cfg["trainer"])
     accelerator = str(tcfg.get("accelerator", "auto"))
     precision = resolve_precision(tcfg.pop("precision", "auto"), accelerator)
+    if not uses_cuda(accelerator):
+        reuse_freed_memory()  # each step's large activations without page faults (fastnst.hardware)
     pl.seed_everything(cfg["seed"], workers=True, verbose=False)
 
     data = PhotoDataModule(seed=cfg["seed"], **cfg["data"])
