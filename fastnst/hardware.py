@@ -106,8 +106,10 @@ def plan_for(device: torch.device, precision: str = "auto", flags: frozenset[str
     return ExecutionPlan(device, torch.float32, "CPU without native bf16: fp32 (emulated bf16 would be slower)")
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
-_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameters (malloc.h)
+# glibc's defaults as a long-running process reaches them: its dynamic mmap threshold rises to the largest
+# freed block up to 32 MiB, the trim threshold to twice that (any mallopt call freezes them, so set them).
+_GLIBC_DEFAULTS = {_M_MMAP_MAX: 65536, _M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 64 << 20}
 
 
 @functools.lru_cache(maxsize=1)
