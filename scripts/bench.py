@@ -198,7 +198,7 @@ def section_peaks(repeats: int) -> dict[str, float]:
     return peaks
 
 
-def section_inference(sizes: list[tuple[int, int]], repeats: int, peak: float, compile_too: bool) -> list[dict[str, Any]]:
+def section_inference(sizes: list[tuple[int, int]], repeats: int, peak: float, compile_too: bool, precision: str = "auto") -> list[dict[str, Any]]:
     net = trained_like_net()
     plain = PlainJohnson().load_from(net).eval()
     slim = trained_like_net(16, 3)
@@ -210,7 +210,7 @@ def section_inference(sizes: list[tuple[int, int]], repeats: int, peak: float, c
         with torch.inference_mode():
             ref = plain(x)
             t_plain = timed(lambda: plain(x), repeats)
-        fast = Stylizer(net, "cpu", "auto", tile=False)
+        fast = Stylizer(net, "cpu", precision, tile=False)
         t_fast = timed(lambda: fast(x), repeats)
         out = fast(x)
         base = {"size": f"{w}x{h}", "gflop": flops / 1e9}
@@ -218,7 +218,7 @@ def section_inference(sizes: list[tuple[int, int]], repeats: int, peak: float, c
         rows.append(
             base
             | {
-                "path": f"fastnst auto ({fast.plan.precision})",
+                "path": f"fastnst {precision} ({fast.plan.precision})",
                 **t_fast,
                 "gflops": flops / t_fast["median_s"] / 1e9,
                 "speedup": t_plain["median_s"] / t_fast["median_s"],
@@ -226,10 +226,10 @@ def section_inference(sizes: list[tuple[int, int]], repeats: int, peak: float, c
             }
         )
         if h * w <= 2048 * 2048:
-            tiled = Stylizer(net, "cpu", "auto", tile=True)
+            tiled = Stylizer(net, "cpu", precision, tile=True)
             t_tiled = timed(lambda: tiled(x), max(1, repeats // 2))
             rows.append(base | {"path": f"fastnst tiled ({tiled.plan.precision})", **t_tiled, "gflops": flops / t_tiled["median_s"] / 1e9, "speedup": t_plain["median_s"] / t_tiled["median_s"], "psnr_db": psnr(tiled(x), ref)})
-        s_fast = Stylizer(slim, "cpu", "auto", tile=False)
+        s_fast = Stylizer(slim, "cpu", precision, tile=False)
         t_slim = timed(lambda: s_fast(x), repeats)
         sflops = count_flops(slim, h, w)
         rows.append(base | {"path": f"slim preset ({s_fast.plan.precision})", "gflop": sflops / 1e9, **t_slim, "gflops": sflops / t_slim["median_s"] / 1e9, "speedup": t_plain["median_s"] / t_slim["median_s"], "psnr_db": None})
@@ -348,7 +348,8 @@ def training_steps(
 
     Plain: fp32 eager, both images through VGG to relu4_3, as in pytorch/examples. fastnst: the training
     module's loss and forward (Grams once, the photo only to relu2_2 and without grad, no VGG grads; on CPUs
-    the rewritten decoder, 2x2 max-pools from elementwise maxima, a one-product Gram backward).
+    the rewritten decoder, 2x2 max-pools from elementwise maxima, a one-product Gram backward, the VGG on
+    channels_last activations, a bf16 content term, freed memory reused).
     """
     from fastnst.training.loss import build_loss
     from fastnst.training.module import train_forward
@@ -397,13 +398,13 @@ def training_steps(
     return rows
 
 
-def section_training(repeats: int, vgg_weights: str | None) -> list[dict[str, Any]]:
+def section_training(repeats: int, vgg_weights: str | None, forced: str = "auto") -> list[dict[str, Any]]:
     from fastnst.training.pipeline import resolve_precision
 
     torch.manual_seed(0)
     style = torch.rand(1, 3, 256, 256)
     batch = torch.rand(4, 3, 256, 256)
-    precision = resolve_precision("auto", "cpu")
+    precision = resolve_precision("32-true" if forced == "fp32" else "auto", "cpu")
     variants = [(f"fastnst ({precision})", precision.startswith("bf16"), False)]
     return training_steps(vgg16_features(vgg_weights), vgg_weights or "random", style, batch, repeats, variants)
 
@@ -554,6 +555,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also time torch.compile (tens of seconds of compilation per size)")
     p.add_argument("--photo", type=Path, help="a 1920x1080 photo for the CLI timing (default: one is generated)")
     p.add_argument("--vgg", default=os.environ.get("FASTNST_VGG_WEIGHTS"), help="VGG16 weights for the training step (default: random init)")
+    p.add_argument("--precision", choices=["auto", "fp32"], default="auto", help="fp32: time fastnst's fp32 path (what a CPU without native bf16 gets) against the fp32 peak")
     p.add_argument("--skip", nargs="*", default=[], choices=["inference", "cli", "memory", "training", "gpu"], help="sections to leave out (gpu runs only where CUDA is available)")
     args = p.parse_args()
     reps = 3 if args.quick else 5
@@ -567,7 +569,8 @@ def main() -> None:
           f" ({'native' if results['machine']['native_bf16'] else 'emulated: not counted'}); best {pk['best_gflops']:.0f} GFLOP/s")
 
     if "inference" not in args.skip:
-        results["inference"] = section_inference([(512, 512), (1080, 1920)], reps, pk["best_gflops"], args.compile)
+        peak = pk["fp32_gflops"] if args.precision == "fp32" else pk["best_gflops"]
+        results["inference"] = section_inference([(512, 512), (1080, 1920)], reps, peak, args.compile, args.precision)
         print("\n## Inference, Python API, one image\n")
         print(fmt_table(results["inference"], [("size", "size", ""), ("path", "path", ""), ("median_s", "median s", "{:.3f}"), ("min_s", "min", "{:.3f}"), ("max_s", "max", "{:.3f}"), ("gflops", "GFLOP/s", "{:.0f}"), ("peak_fraction", "of peak", "{:.0%}"), ("speedup", "vs plain", "{:.2f}x"), ("psnr_db", "PSNR dB", "{:.1f}")]))
 
@@ -591,7 +594,7 @@ def main() -> None:
             print(fmt_table(results["memory"], [("size", "size", ""), ("path", "path", ""), ("peak_rss_mib", "peak RSS MiB", "{:.0f}"), ("wall_s", "wall s", "{:.1f}")]))
 
     if "training" not in args.skip:
-        results["training"] = section_training(reps, args.vgg)
+        results["training"] = section_training(reps, args.vgg, args.precision)
         print("\n## Training step, batch 4 of 256x256, VGG16 loss\n")
         print(fmt_table(results["training"], [("path", "path", ""), ("median_s", "median s", "{:.2f}"), ("min_s", "min", "{:.2f}"), ("max_s", "max", "{:.2f}"), ("speedup", "vs plain", "{:.2f}x"), ("loss_same_batch", "loss, same batch", "{:.4g}")]))
 
