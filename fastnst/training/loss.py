@@ -37,7 +37,7 @@ class _GramFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, features: torch.Tensor) -> torch.Tensor:
         n, c, h, w = features.shape
-        channels_last = features.dim() == 4 and not features.is_contiguous() and features.is_contiguous(memory_format=torch.channels_last)
+        channels_last = not features.is_contiguous() and features.is_contiguous(memory_format=torch.channels_last)
         # (N, C, HW) as a view in either layout: channels_last features are (N, HW, C) rows, used transposed.
         f = features.permute(0, 2, 3, 1).reshape(n, h * w, c).transpose(1, 2) if channels_last else features.reshape(n, c, h * w)
         ctx.save_for_backward(f)
