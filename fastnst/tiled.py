@@ -121,7 +121,6 @@ class TiledRunner:
         up1, up2 = (_conv_of(b) for b in net.decoder[:2])  # type: ignore[arg-type]
         self.fast_up1, self.fast_up2 = SubpixelUpsampleConv(up1[1]), SubpixelUpsampleConv(up2[1])
         self.fast_final = PhaseConv2d(net.decoder[2])  # type: ignore[arg-type]
-        self._unit_stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # (mean 0, variance 1) per width
 
     # -- building blocks ------------------------------------------------------------------
 
@@ -129,11 +128,8 @@ class TiledRunner:
         scale, shift = affine
         # x * scale + shift per channel through batch_norm's kernel (mean 0, variance 1, eps 0): the same
         # numbers with float32 scale and shift, 5.7x faster than addcmul on bf16 bands on CPUs.
-        c = x.shape[1]
-        if c not in self._unit_stats:
-            self._unit_stats[c] = (torch.zeros(c, device=x.device), torch.ones(c, device=x.device))
-        zeros, ones = self._unit_stats[c]
-        x = F.batch_norm(x, zeros, ones, scale.view(-1), shift.view(-1), False, 0.0, 0.0)
+        scale, shift = scale.view(-1), shift.view(-1)
+        x = F.batch_norm(x, torch.zeros_like(scale), torch.ones_like(scale), scale, shift, False, 0.0, 0.0)
         return F.relu_(x) if relu else x
 
     def _banded_conv(self, src: torch.Tensor, conv: nn.Conv2d, stats: _Stats) -> torch.Tensor:
