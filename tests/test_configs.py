@@ -117,12 +117,15 @@ def test_recipes_compose_to_what_they_promise() -> None:
     assert default["model"]["name"] == "slim"
     assert default["optim"] == {"lr": 4e-3, "warmup_steps": 50, "decay": "cosine", "min_lr_fraction": 0.1}
     assert default["curriculum"] == {"small_crop": 128, "small_crop_until": 0.8}
+    assert default["init_from"] == "auto"
     paper = compose_plain("recipe=johnson")
+    assert paper["init_from"] is None
     assert paper["model"]["name"] == "johnson" and paper["model"]["base_channels"] == 32
     assert paper["optim"]["lr"] == 1e-3 and paper["optim"]["decay"] == "constant" and paper["curriculum"]["small_crop"] is None
     assert (paper["data"]["image_size"], paper["data"]["batch_size"]) == (256, 4)
     # Command-line choices still win over the recipe's.
     assert compose_plain("model=johnson")["model"]["name"] == "johnson"
     assert compose_plain("optim.lr=2e-3")["optim"]["lr"] == 2e-3
+    assert compose_plain("init_from=null")["init_from"] is None
     for cfg in (default, paper):
         validate(cfg)

@@ -144,3 +144,52 @@ def test_time_to_style_scores_snapshots_and_draws_the_curve(tmp_path: Path, phot
     # A second run into the same folder refuses instead of mixing runs.
     again = run_module("scripts.time_to_style", "--style", "starry", "--minutes", "0.1", "--recipe", "base=", "--photos", str(held_out), "--no-gatys", "--out", str(out))
     assert again.returncode != 0 and "exists" in again.stderr
+
+
+def test_init_from_copies_a_model_and_refuses_another_preset(tmp_path: Path) -> None:
+    from fastnst.model_file import save_model
+    from fastnst.net import TransformerNet
+    from fastnst.training.pipeline import init_weights
+
+    torch.manual_seed(0)
+    source = TransformerNet(8, 1)
+    path = save_model(source, tmp_path / "wave.pt", {"style": "wave", "steps": 7})
+    torch.manual_seed(1)
+    net = TransformerNet(8, 1)
+    assert init_weights(net, str(path)) == {"model": str(path), "style": "wave", "steps": 7}
+    for (name, a), b in zip(source.state_dict().items(), net.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ConfigError, match=r"init_from=.*differs from model="):
+        init_weights(TransformerNet(16, 1), str(path))
+    with pytest.raises(ConfigError, match="init_from=no_such_model: no model file or known model"):
+        init_weights(net, "no_such_model")
+
+
+def test_init_from_auto_takes_a_shipped_model_of_another_style_with_this_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastnst.model_file import save_model
+    from fastnst.net import TransformerNet
+    from fastnst.training.pipeline import auto_init
+
+    models = tmp_path / "models"
+    sources = {}
+    for seed, style in enumerate(("starry", "wave")):
+        torch.manual_seed(seed)
+        sources[style] = TransformerNet(8, 1)
+        save_model(sources[style], models / f"{style}.pt", {"style": style, "steps": 10 + seed})
+    monkeypatch.setenv("FASTNST_MODELS", str(models))  # searched before the shipped models
+
+    def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+    net = TransformerNet(8, 1)
+    assert auto_init(net, "udnie") == {"model": "starry", "style": "starry", "steps": 10}
+    assert same(net, sources["starry"])
+    # Training starry itself starts from another style.
+    assert auto_init(net, "starry") == {"model": "wave", "style": "wave", "steps": 11}
+    assert same(net, sources["wave"])
+    # No model with this network: the random weights stay.
+    other = TransformerNet(4, 1)
+    before = TransformerNet(4, 1)
+    before.load_state_dict(other.state_dict())
+    assert auto_init(other, "udnie") is None
+    assert same(other, before)

@@ -84,3 +84,25 @@ def test_max_time_stops_the_run_and_still_writes_the_model(tmp_path: Path, photo
     _, meta = load_model(tmp_path / "timed" / "starry.pt")
     assert 0 < meta["steps"] < 1_000_000
     assert torch.load(tmp_path / "timed" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == meta["steps"]
+
+
+def test_init_from_starts_from_a_trained_model_and_records_it(trained_run: Path, photo_dir: Path, style_file: Path, tmp_path: Path) -> None:
+    source = trained_run / "starry.pt"
+    args = tiny_train_args(tmp_path / "warm", photo_dir, style_file, steps=1)
+    # A learning rate of 1e-12: after its one step the network must still be the source model.
+    result = run_module("fastnst.train", *args, f"init_from={source}", "optim.lr=1e-12")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"starting from the weights of {source}" in result.stderr
+    warm, meta = load_model(tmp_path / "warm" / "starry.pt")
+    assert meta["init_from"] == {"model": str(source), "style": "starry", "steps": load_model(source)[1]["steps"]}
+    assert meta["steps"] == 1
+    # A resumed run keeps the record of where it started.
+    resumed = run_module("fastnst.train", *tiny_train_args(tmp_path / "warm", photo_dir, style_file, steps=2), f"init_from={source}", "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert load_model(tmp_path / "warm" / "starry.pt")[1]["init_from"] == meta["init_from"]
+    for (name, a), b in zip(load_model(source)[0].state_dict().items(), warm.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+    mismatch = run_module("fastnst.train", *tiny_train_args(tmp_path / "bad", photo_dir, style_file), f"init_from={source}", "model.base_channels=16")
+    assert mismatch.returncode == 2
+    assert "differs from model=" in mismatch.stderr and "Traceback" not in mismatch.stderr

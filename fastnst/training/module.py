@@ -68,6 +68,7 @@ class StyleTransferModule(pl.LightningModule):
         self.small_crop = int(curriculum.get("small_crop") or 0)
         self.small_crop_until = float(curriculum.get("small_crop_until") or 0.0)
         self.skipped_images = 0
+        self.init_from: dict[str, Any] | None = None  # the trained model the run started from (pipeline.init_weights)
 
     def budget_fraction(self) -> float:
         """How much of the run's budget (max_steps or max_time, whichever is nearer its end) is used, 0..1."""
@@ -152,9 +153,11 @@ class StyleTransferModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("loss.")}
         checkpoint["skipped_images"] = self.skipped_images
+        checkpoint["init_from"] = self.init_from
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
         for k, v in self.loss.state_dict(prefix="loss.").items():
             state.setdefault(k, v)
         self.skipped_images = int(checkpoint.get("skipped_images", 0))
+        self.init_from = checkpoint.get("init_from")

@@ -24,7 +24,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from fastnst import __version__
 from fastnst._io import atomic_write
 from fastnst.hardware import native_bf16_cpu, reuse_freed_memory
-from fastnst.model_file import save_model
+from fastnst.model_file import ModelFileError, available_models, load_model, save_model
 from fastnst.training.data import PhotoDataModule
 from fastnst.training.module import StyleTransferModule
 from fastnst.training.progress import StepProgressBar
@@ -38,6 +38,9 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 VGG_ARCHS = ("vgg16", "vgg19")
 DECAYS = ("constant", "cosine")
+# `init_from=auto` starts from the first of these shipped models that has the run's network and another
+# style (measured as starting points: docs/training.md, "Starting from a shipped model").
+AUTO_INIT = ("starry", "wave")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 
 
@@ -188,8 +191,42 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(path)
 
 
-def model_metadata(cfg: Mapping[str, Any], steps: int, seconds: float, precision: str) -> dict[str, Any]:
-    """What the slim model records about how it was made (plain values only)."""
+def init_weights(net: torch.nn.Module, spec: str) -> dict[str, Any]:
+    """Copy the weights of model ``spec`` (a file or a shipped name) into ``net``; returns what the slim model
+    records about that start. The architectures must match (same ``model`` preset)."""
+    try:
+        source, meta = load_model(spec)
+    except ModelFileError as e:
+        raise ConfigError(f"init_from={spec}: {e}") from None
+    if source.config() != net.config():
+        raise ConfigError(
+            f"init_from={spec}: its network {source.config()} differs from model={net.config()}; "
+            f"pick the model preset it was trained with (metadata: model={meta.get('model')!r})"
+        )
+    net.load_state_dict(source.state_dict())
+    return {"model": str(spec), "style": meta.get("style"), "steps": meta.get("steps")}
+
+
+def auto_init(net: torch.nn.Module, style: str) -> dict[str, Any] | None:
+    """``init_from=auto``: copy the first :data:`AUTO_INIT` model found by name whose style is not ``style`` and
+    whose network is ``net``'s; None (random weights stay) when there is none, e.g. for another preset."""
+    known = available_models()
+    for name in AUTO_INIT:
+        if name == style or name not in known:
+            continue
+        try:
+            source, meta = load_model(known[name])
+        except ModelFileError:
+            continue
+        if source.config() == net.config():
+            net.load_state_dict(source.state_dict())
+            return {"model": name, "style": meta.get("style"), "steps": meta.get("steps")}
+    return None
+
+
+def model_metadata(cfg: Mapping[str, Any], steps: int, seconds: float, precision: str, start: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the slim model records about how it was made (plain values only); ``start``: what
+    :func:`init_weights` returned, if the run started from a trained model."""
     style, loss, data = cfg["style"], cfg["loss"], cfg["data"]
     return {
         "style": style["name"],
@@ -213,6 +250,7 @@ def model_metadata(cfg: Mapping[str, Any], steps: int, seconds: float, precision
         "steps": int(steps),
         "train_seconds": round(seconds, 1),
         "seed": cfg.get("seed"),
+        "init_from": start,
         "fastnst_version": __version__,
     }
 
@@ -234,6 +272,17 @@ def fit(cfg: Mapping[str, Any], run_dir: Path) -> Path | None:
     log.info("training photos: %d in %s", n_photos, data.root)
 
     module = StyleTransferModule(dict(cfg["model"]), dict(cfg["loss"]), dict(cfg["style"]), dict(cfg["optim"]), dict(cfg.get("curriculum") or {}))
+    init_from = cfg.get("init_from")
+    if init_from and ckpt_path is None:  # a resumed run has its own weights (and its start, restored)
+        if init_from == "auto":
+            start = auto_init(module.net, cfg["style"]["name"])
+        else:
+            start = init_weights(module.net, str(init_from))
+        module.init_from = start
+        if start:
+            log.info("starting from the weights of %s (style %s, %s steps)", start["model"], start["style"], start["steps"])
+        else:
+            log.info("init_from=auto: no shipped model (%s) with this network; starting from random weights", ", ".join(AUTO_INIT))
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="step{step:07d}",
@@ -246,7 +295,7 @@ def fit(cfg: Mapping[str, Any], run_dir: Path) -> Path | None:
     )
     callbacks = [checkpoints, FinalCheckpoint(checkpoints), LearningRateMonitor(logging_interval="step"), StepProgressBar()]
     if cfg.get("snapshot_minutes"):
-        callbacks.append(TimeSnapshots(cfg["snapshot_minutes"], run_dir / "snapshots", lambda steps, s: model_metadata(cfg, steps, s, precision)))
+        callbacks.append(TimeSnapshots(cfg["snapshot_minutes"], run_dir / "snapshots", lambda steps, s: model_metadata(cfg, steps, s, precision, module.init_from)))
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False),
@@ -265,7 +314,7 @@ def fit(cfg: Mapping[str, Any], run_dir: Path) -> Path | None:
         return None
     if trainer.interrupted:
         log.warning("training was interrupted at step %d; writing the model as it is", trainer.global_step)
-    meta = model_metadata(cfg, trainer.global_step, seconds, precision)
+    meta = model_metadata(cfg, trainer.global_step, seconds, precision, module.init_from)
     meta["skipped_images"] = module.skipped_images
     out = save_model(module.net, run_dir / f"{cfg['style']['name']}.pt", meta, half=bool(cfg.get("half_model", True)), overwrite=True)
     log.info("final losses: %s", {k: round(float(v), 5) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
