@@ -25,6 +25,7 @@ from fastnst import __version__
 from fastnst._io import atomic_write
 from fastnst.hardware import native_bf16_cpu, reuse_freed_memory
 from fastnst.model_file import ModelFileError, available_models, load_model, save_model
+from fastnst.net import TransformerNet
 from fastnst.training.data import PhotoDataModule
 from fastnst.training.module import StyleTransferModule
 from fastnst.training.progress import StepProgressBar
@@ -191,7 +192,7 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(path)
 
 
-def init_weights(net: torch.nn.Module, spec: str) -> dict[str, Any]:
+def init_weights(net: TransformerNet, spec: str) -> dict[str, Any]:
     """Copy the weights of model ``spec`` (a file or a shipped name) into ``net``; returns what the slim model
     records about that start. The architectures must match (same ``model`` preset)."""
     try:
@@ -207,7 +208,7 @@ def init_weights(net: torch.nn.Module, spec: str) -> dict[str, Any]:
     return {"model": str(spec), "style": meta.get("style"), "steps": meta.get("steps")}
 
 
-def auto_init(net: torch.nn.Module, style: str) -> dict[str, Any] | None:
+def auto_init(net: TransformerNet, style: str) -> dict[str, Any] | None:
     """``init_from=auto``: copy the first :data:`AUTO_INIT` model found by name whose style is not ``style`` and
     whose network is ``net``'s; None (random weights stay) when there is none, e.g. for another preset."""
     known = available_models()
