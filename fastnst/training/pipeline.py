@@ -192,6 +192,12 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(path)
 
 
+def _copy_weights(net: TransformerNet, source: TransformerNet, meta: dict[str, Any], name: str) -> dict[str, Any]:
+    """Load ``source``'s weights into ``net``; returns what the slim model records about that start."""
+    net.load_state_dict(source.state_dict())
+    return {"model": name, "style": meta.get("style"), "steps": meta.get("steps")}
+
+
 def init_weights(net: TransformerNet, spec: str) -> dict[str, Any]:
     """Copy the weights of model ``spec`` (a file or a shipped name) into ``net``; returns what the slim model
     records about that start. The architectures must match (same ``model`` preset)."""
@@ -204,8 +210,7 @@ def init_weights(net: TransformerNet, spec: str) -> dict[str, Any]:
             f"init_from={spec}: its network {source.config()} differs from model={net.config()}; "
             f"pick the model preset it was trained with (metadata: model={meta.get('model')!r})"
         )
-    net.load_state_dict(source.state_dict())
-    return {"model": str(spec), "style": meta.get("style"), "steps": meta.get("steps")}
+    return _copy_weights(net, source, meta, str(spec))
 
 
 def auto_init(net: TransformerNet, style: str) -> dict[str, Any] | None:
@@ -220,8 +225,7 @@ def auto_init(net: TransformerNet, style: str) -> dict[str, Any] | None:
         except ModelFileError:
             continue
         if source.config() == net.config():
-            net.load_state_dict(source.state_dict())
-            return {"model": name, "style": meta.get("style"), "steps": meta.get("steps")}
+            return _copy_weights(net, source, meta, name)
     return None
 
 
