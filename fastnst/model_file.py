@@ -23,13 +23,11 @@ import torch
 
 from fastnst._io import atomic_write, first_line
 from fastnst.net import TransformerNet
+from fastnst.resources import CHECKPOINT_DIR
 
 FORMAT = "fastnst.model"
 FORMAT_VERSION = 1
 MODEL_SUFFIX = ".pt"
-
-#: Folder of the shipped pretrained models (``checkpoints/`` at the top of the repository).
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
 
 class ModelFileError(ValueError):
@@ -37,9 +35,10 @@ class ModelFileError(ValueError):
 
 
 def model_dirs() -> list[Path]:
-    """Folders searched for a model given by name: ``$FASTNST_MODELS`` (os.pathsep-separated), then the shipped ones."""
+    """Folders searched for a model given by name: ``$FASTNST_MODELS`` (os.pathsep-separated), then the
+    shipped ``checkpoints/`` (see :mod:`fastnst.resources`)."""
     dirs = [Path(p) for p in os.environ.get("FASTNST_MODELS", "").split(os.pathsep) if p]
-    return [*dirs, SHIPPED_DIR]
+    return [*dirs, CHECKPOINT_DIR]
 
 
 def available_models() -> dict[str, Path]:

@@ -15,11 +15,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+from fastnst.resources import CONFIG_DIR
+
 log = logging.getLogger("fastnst.train")
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
     from fastnst.training.data import DataError
     from fastnst.training.module import NonFiniteLossError

@@ -10,16 +10,15 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
+from fastnst.resources import CONFIG_DIR
 from fastnst.training.loss import PerceptualLoss, build_loss
 from fastnst.training.style import load_style_image, resolve_style_image
 
-CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
 DEFAULT_STYLE_LAYERS = {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}
 
 
@@ -38,9 +37,9 @@ def exact_fp32() -> Iterator[None]:
 
 def style_config(name: str) -> dict[str, Any]:
     """The ``style/<name>.yaml`` config as a dict (image, url, sha256, image_size, alpha, beta, tv_weight)."""
-    path = CONFIGS / "style" / f"{name}.yaml"
+    path = CONFIG_DIR / "style" / f"{name}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in (CONFIGS / "style").glob("*.yaml")))
+        known = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "style").glob("*.yaml")))
         raise ValueError(f"unknown style {name!r}; known: {known}")
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False)  # type: ignore[return-value]
 
@@ -51,7 +50,7 @@ def loss_settings(metadata: Mapping[str, Any] | None = None, style: str | None =
     name = style or meta.get("style")
     if not name:
         raise ValueError("need a style: a model whose metadata names one, or --style NAME")
-    cfg = style_config(name) if (CONFIGS / "style" / f"{name}.yaml").is_file() else {}
+    cfg = style_config(name) if (CONFIG_DIR / "style" / f"{name}.yaml").is_file() else {}
     settings = {
         "style": name,
         "style_image": None,
