@@ -60,10 +60,28 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+#: x86 instruction sets that ``ONEDNN_MAX_CPU_ISA`` may cap oneDNN at and that have no bf16 dot product:
+#: under such a cap oneDNN's bf16 convolutions are emulated even on a CPU that has the instructions.
+_ONEDNN_ISAS_WITHOUT_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
+
+
+def onednn_isa_cap() -> str | None:
+    """The instruction-set cap the environment puts on oneDNN (``ONEDNN_MAX_CPU_ISA``), upper case, or None."""
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        value = os.environ.get(var, "").strip()
+        if value:
+            return value.upper()
+    return None
+
+
 def native_bf16_cpu(flags: frozenset[str] | None = None) -> bool:
-    """True where the CPU executes bf16 matrix math natively (not emulated through fp32)."""
+    """True where the CPU executes bf16 matrix math natively (not emulated through fp32).
+
+    The CPU must have the instructions and oneDNN must be allowed to use them: ``ONEDNN_MAX_CPU_ISA=AVX2``
+    (how ``scripts/bench.py`` stands in for an AVX2-only machine) makes bf16 emulated again.
+    """
     flags = cpu_flags() if flags is None else flags
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}) and onednn_isa_cap() not in _ONEDNN_ISAS_WITHOUT_BF16
 
 
 @dataclass(frozen=True)

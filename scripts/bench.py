@@ -41,6 +41,12 @@ from fastnst.stylize import Stylizer  # noqa: E402
 
 FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
 
+# ``--isa-cap avx2``: stand in for an AVX2-only CPU on a newer one. Each math library reads its own cap
+# when it starts, so the run re-executes itself with all three set (its child processes inherit them).
+ISA_CAPS = {
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+}
+
 
 # --------------------------------------------------------------------------- the plain reference
 
@@ -184,6 +190,7 @@ def section_machine() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "cpu_plan": plan_for(torch.device("cpu")).reason,
+        "isa_cap": {k: os.environ[k] for k in ISA_CAPS["avx2"] if os.environ.get(k)} or None,
         # fastnst's CPU paths keep freed memory for reuse (glibc); the plain rows run with glibc's defaults.
         "reuse_freed_memory": reuse_freed_memory(),
     }
@@ -557,7 +564,10 @@ def main() -> None:
     p.add_argument("--vgg", default=os.environ.get("FASTNST_VGG_WEIGHTS"), help="VGG16 weights for the training step (default: random init)")
     p.add_argument("--precision", choices=["auto", "fp32"], default="auto", help="fp32: time fastnst's fp32 path (what a CPU without native bf16 gets) against the fp32 peak")
     p.add_argument("--skip", nargs="*", default=[], choices=["inference", "cli", "memory", "training", "gpu"], help="sections to leave out (gpu runs only where CUDA is available)")
+    p.add_argument("--isa-cap", choices=sorted(ISA_CAPS), help="cap oneDNN, MKL and ATen at this instruction set (avx2: time an AVX2-only CPU's paths on a newer CPU)")
     args = p.parse_args()
+    if args.isa_cap and any(os.environ.get(k) != v for k, v in ISA_CAPS[args.isa_cap].items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ISA_CAPS[args.isa_cap]})
     reps = 3 if args.quick else 5
     results: dict[str, Any] = {"machine": section_machine()}
     print("## Machine\n")

@@ -17,7 +17,9 @@ ZEN4 = AVX512_NO_BF16 | {"avx512_bf16"}
 SAPPHIRE_RAPIDS = AVX512_NO_BF16 | {"amx_bf16", "amx_tile"}
 
 
-def test_chooser_uses_bf16_only_where_native() -> None:
+def test_chooser_uses_bf16_only_where_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     assert not native_bf16_cpu(AVX2_ONLY) and not native_bf16_cpu(AVX512_NO_BF16)
     assert native_bf16_cpu(ZEN4) and native_bf16_cpu(SAPPHIRE_RAPIDS)
     assert plan_for(CPU, "auto", AVX2_ONLY).dtype == torch.float32
@@ -27,6 +29,22 @@ def test_chooser_uses_bf16_only_where_native() -> None:
     assert plan_for(CPU, "bf16", AVX2_ONLY).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="unknown precision 'int4'"):
         plan_for(CPU, "int4")
+
+
+def test_chooser_follows_a_onednn_isa_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ONEDNN_MAX_CPU_ISA below AVX512_CORE_BF16 makes oneDNN emulate bf16 even on a Zen 4.
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    for cap in ("avx2", "AVX512_CORE", " avx512_core_vnni "):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert not native_bf16_cpu(ZEN4) and not native_bf16_cpu(SAPPHIRE_RAPIDS), cap
+        assert plan_for(CPU, "auto", ZEN4).dtype == torch.float32, cap
+    for cap in ("AVX512_CORE_BF16", "AVX512_CORE_AMX", "ALL", ""):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert native_bf16_cpu(ZEN4), cap
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")  # oneDNN's older name for the same setting
+    assert not native_bf16_cpu(ZEN4)
+    assert not native_bf16_cpu(AVX2_ONLY)
 
 
 def test_cuda_choice_follows_the_measurements(monkeypatch: pytest.MonkeyPatch) -> None:

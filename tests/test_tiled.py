@@ -1,5 +1,7 @@
 """Banded inference with whole-image instance-norm statistics equals the plain forward pass."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -77,3 +79,21 @@ def test_global_skip_with_uint8_input_and_output() -> None:
         ref = net(x[None].float() / 255)[0]
     out = TiledRunner(net, band_rows=16)(x, out=torch.empty(3, 70, 90, dtype=torch.uint8))
     assert (out.float() - ref * 255).abs().max() <= 1.0
+
+
+def test_fp32_stylizer_stores_big_images_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above FP32_STORAGE_BYTES the fp32 path keeps its stored activations in bf16: close, not exact."""
+    stylize_module = importlib.import_module("fastnst.stylize")  # the module (fastnst.stylize is also a function)
+
+    net = _net()
+    x = torch.rand(1, 3, 64, 72)
+    forced = Stylizer(net, "cpu", "fp32", tile=True)
+    with torch.inference_mode():
+        ref = net(x)
+    stored_fp32 = 4 * (4 * net.base_channels) * (64 // 4) * (72 // 4)
+    monkeypatch.setattr(stylize_module, "FP32_STORAGE_BYTES", stored_fp32)  # not above it: fp32, exact
+    assert (forced(x) - ref).abs().max() < 1e-5
+    monkeypatch.setattr(stylize_module, "FP32_STORAGE_BYTES", stored_fp32 - 1)  # above it: bf16 storage
+    out = forced(x)
+    assert 0 < (out - ref).abs().max()
+    assert 10 * torch.log10(1 / torch.mean((out - ref) ** 2)) > 40
