@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tile",
         choices=("auto", "on", "off"),
         default="auto",
-        help="run in row bands with whole-image statistics (bounded memory, same result); auto: above 4.2 megapixels",
+        help="run in row bands with whole-image statistics (bounded memory, the same picture); auto: above 4.2 megapixels",
     )
     p.add_argument(
         "--preserve-color",

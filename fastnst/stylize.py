@@ -36,7 +36,8 @@ def select_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-#: Images with more pixels than this go through the banded runner (bounded memory, same result).
+#: Images with more pixels than this go through the banded runner (bounded memory; the same result, to the
+#: precision of its stored activations, below).
 TILE_PIXELS = 2048 * 2048
 #: fp32 runs store the banded runner's quarter-resolution activations in bf16 (half the memory, about 50 dB
 #: against fp32) once one of them would take more than this in fp32. At 3840x2160 (three such tensors of
