@@ -11,6 +11,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
+ROOT = Path(__file__).resolve().parent
 SHIPPED = ("configs", "checkpoints")
 
 
@@ -21,7 +22,7 @@ class BuildPyWithShipped(build_py):
             return
         for name in SHIPPED:
             target = Path(self.build_lib) / "fastnst" / "_shipped" / name
-            shutil.copytree(name, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(ROOT / name, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 setup(cmdclass={"build_py": BuildPyWithShipped})
