@@ -95,13 +95,7 @@ class Stylizer:
         self.fast_net = fast_copy(self.net) if self.device.type == "cpu" else self.net
         if self.device.type == "cpu":
             reuse_freed_memory()  # no page faults for each large activation (fastnst.hardware; 1.6x at 1080p)
-        self.tiled = TiledRunner(self.net, band_rows=band_rows)
-
-    def _run_tiled(self, image: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        # The stored tensors are the quarter-resolution ones, 4 x base_channels deep.
-        stored_fp32 = 4 * (4 * self.net.base_channels) * -(-image.shape[-2] // 4) * -(-image.shape[-1] // 4)
-        big = self.plan.dtype == torch.float32 and stored_fp32 > FP32_STORAGE_BYTES
-        return self.tiled(image, out=out, storage_dtype=torch.bfloat16 if big else None)
+        self.tiled = TiledRunner(self.net, band_rows=band_rows, compact_storage_bytes=FP32_STORAGE_BYTES)
 
     def uses_tiles(self, height: int, width: int) -> bool:
         return self.tile if self.tile is not None else height * width > TILE_PIXELS
@@ -114,7 +108,7 @@ class Stylizer:
         if self.onnx is not None:
             out = self.onnx(batch.float().cpu()).to(batch.device)
         elif self.uses_tiles(*batch.shape[-2:]):
-            out = torch.stack([self._run_tiled(img.to(self.device, self.plan.dtype)) for img in batch]).to(batch.device)
+            out = torch.stack([self.tiled(img.to(self.device, self.plan.dtype)) for img in batch]).to(batch.device)
         else:
             x = batch.to(self.device, self.plan.dtype)
             out = self.fast_net(x).float().contiguous().to(batch.device)
@@ -145,7 +139,7 @@ class Stylizer:
         if self.uses_tiles(*image.shape[-2:]):
             out = torch.empty(image.shape, dtype=torch.uint8)
             src = image if image.dtype == torch.uint8 else image.to(self.device, self.plan.dtype)
-            return self._postprocess_uint8(self._run_tiled(src, out=out), image)
+            return self._postprocess_uint8(self.tiled(src, out=out), image)
         if image.dtype == torch.uint8:
             image = image.float() / 255
         return to_uint8(self(image.unsqueeze(0))[0])

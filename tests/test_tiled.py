@@ -1,5 +1,6 @@
 """Banded inference with whole-image instance-norm statistics equals the plain forward pass."""
 
+import copy
 import importlib
 
 import pytest
@@ -81,19 +82,23 @@ def test_global_skip_with_uint8_input_and_output() -> None:
     assert (out.float() - ref * 255).abs().max() <= 1.0
 
 
-def test_fp32_stylizer_stores_big_images_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fp32_stylizer_stores_big_images_in_bf16() -> None:
     """Above FP32_STORAGE_BYTES the fp32 path keeps its stored activations in bf16: close, not exact."""
     stylize_module = importlib.import_module("fastnst.stylize")  # the module (fastnst.stylize is also a function)
 
     net = _net()
     x = torch.rand(1, 3, 64, 72)
     forced = Stylizer(net, "cpu", "fp32", tile=True)
+    assert forced.tiled.compact_storage_bytes == stylize_module.FP32_STORAGE_BYTES
     with torch.inference_mode():
         ref = net(x)
     stored_fp32 = 4 * (4 * net.base_channels) * (64 // 4) * (72 // 4)
-    monkeypatch.setattr(stylize_module, "FP32_STORAGE_BYTES", stored_fp32)  # not above it: fp32, exact
-    assert (forced(x) - ref).abs().max() < 1e-5
-    monkeypatch.setattr(stylize_module, "FP32_STORAGE_BYTES", stored_fp32 - 1)  # above it: bf16 storage
+    forced.tiled.compact_storage_bytes = stored_fp32  # not above it: fp32, exact
+    assert (forced(x) - ref).abs().max() < 1e-5 and forced.tiled.storage_dtype == torch.float32
+    forced.tiled.compact_storage_bytes = stored_fp32 - 1  # above it: bf16 storage
     out = forced(x)
-    assert 0 < (out - ref).abs().max()
+    assert forced.tiled.storage_dtype == torch.bfloat16 and 0 < (out - ref).abs().max()
     assert 10 * torch.log10(1 / torch.mean((out - ref) ** 2)) > 40
+    # Already 2-byte storage is never changed, whatever the size.
+    bf16 = TiledRunner(copy.deepcopy(net).half(), band_rows=16, compact_storage_bytes=0)
+    assert bf16._storage_dtype_for(64, 72) == torch.float16
