@@ -48,3 +48,18 @@ def test_training_steps_compare_the_same_loss(tmp_path) -> None:
     assert rows[0]["speedup"] == 1.0 and rows[1]["path"] == "fp32"
     # fastnst's loss in fp32 equals the plain pytorch/examples loss on the same batch (same definition).
     assert rows[1]["loss_same_batch"] == pytest.approx(rows[0]["loss_same_batch"], rel=1e-4)
+
+
+def test_memory_section_reports_the_worst_of_several_processes(tmp_path) -> None:
+    from fastnst.model_file import save_model
+    from fastnst.net import TransformerNet
+
+    model = save_model(TransformerNet(4, 1), tmp_path / "tiny.pt")
+    rows = bench.section_memory([(48, 64)], model, plain_too=False, runs=2)
+    assert [r["path"] for r in rows] == ["fastnst (banded, whole-image stats)", "baseline: python + import torch"]
+    fast, base = rows
+    assert fast["runs"] == 2 and base["runs"] == 1
+    assert fast["peak_rss_mib"] >= fast["peak_rss_min_mib"] > 100  # a real process with torch in it
+    assert base["peak_rss_mib"] == base["peak_rss_min_mib"] and fast["wall_s"] > 0
+    table = bench.fmt_table(rows, [("size", "size", ""), ("runs", "runs", ""), ("peak_rss_mib", "max", "{:.0f}")])
+    assert "| 64x48 " in table and table.count("\n") == 3
