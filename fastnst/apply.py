@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         type=Path,
-        help="output file (one input) or folder (created if needed); default: next to each input as NAME_MODEL.EXT",
+        help="output file (one input; its extension picks the format) or folder (an existing one, or a name without an extension, created); default: next to each input as NAME_MODEL.EXT",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ... (default: auto)")
     p.add_argument(
@@ -91,6 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-models", action="store_true", help="list the models that -m accepts by name, then exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no per-file lines")
     return p
+
+
+def output_problem(inputs: list[Path], output: Path | None) -> str | None:
+    """Why ``-o`` cannot work with these inputs (one line), or None. A name with an extension is one file."""
+    if output is None or output.is_dir() or not output.suffix:
+        return None
+    known = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+    if output.suffix.lower() not in known:
+        return (
+            f"-o {output}: unknown output format {output.suffix!r} (use one of {', '.join(known)}; "
+            "for a folder, give a name without an extension or create the folder first)"
+        )
+    if len(inputs) > 1 or inputs[0].is_dir():
+        what = f"{len(inputs)} inputs" if len(inputs) > 1 else f"the folder {inputs[0]}"
+        return f"-o {output} names one file, but {what} were given; give a folder for -o"
+    return None
 
 
 def plan_jobs(inputs: list[Path], output: Path | None, model_name: str) -> tuple[list[Job], list[str]]:
@@ -151,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--strength must be between 0 and 1, got {args.strength}")
     if not 0.0 <= args.smoothing <= 0.95:
         parser.error(f"--smoothing must be between 0 and 0.95, got {args.smoothing}")
+    if problem := output_problem(args.inputs, args.output):
+        parser.error(problem)
 
     # Heavy imports after argument checks, so --help and usage errors are instant.
     import torch

@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import REPO, make_photo, run_module
 from fastnst import Stylizer, stylize
-from fastnst.apply import main
+from fastnst.apply import main, output_problem
 from fastnst.model_file import save_model
 from fastnst.net import TransformerNet
 
@@ -87,6 +87,24 @@ def test_usage_errors_and_help() -> None:
     assert result.returncode == 0 and "--overwrite" in result.stdout and "examples:" in result.stdout
     result = run_module("fastnst.apply", "photo.jpg")
     assert result.returncode == 2 and "-m/--model is required" in result.stderr
+
+
+def test_output_that_cannot_hold_the_inputs_is_a_usage_error(photo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Checked before the model loads: no folder named like a file is created, nothing is written."""
+    photo = str(photo_dir / "p0.png")
+    cases = [
+        ([photo, "-o", str(tmp_path / "out.xyz")], "unknown output format '.xyz'"),
+        ([photo, photo, "-o", str(tmp_path / "out.jpg")], "names one file, but 2 inputs were given"),
+        ([str(photo_dir), "-o", str(tmp_path / "out.png")], "names one file, but the folder"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["-m", "no_model_needed", *argv])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    # An existing folder is a folder, whatever its name.
+    (tmp_path / "v1.2").mkdir()
+    assert output_problem([photo_dir / "p0.png", photo_dir / "p1.png"], tmp_path / "v1.2") is None
 
 
 def test_python_api(model_file: Path, photo_dir: Path) -> None:
