@@ -100,5 +100,5 @@ def test_fp32_stylizer_stores_big_images_in_bf16() -> None:
     assert forced.tiled.storage_dtype == torch.bfloat16 and 0 < (out - ref).abs().max()
     assert 10 * torch.log10(1 / torch.mean((out - ref) ** 2)) > 40
     # Already 2-byte storage is never changed, whatever the size.
-    bf16 = TiledRunner(copy.deepcopy(net).half(), band_rows=16, compact_storage_bytes=0)
-    assert bf16._storage_dtype_for(64, 72) == torch.float16
+    fp16 = TiledRunner(copy.deepcopy(net).half(), band_rows=16, compact_storage_bytes=0)
+    assert fp16._storage_dtype_for(64, 72) == torch.float16
