@@ -327,11 +327,12 @@ def section_memory(sizes: list[tuple[int, int]], model: Path, plain_too: bool, r
     process by up to a few hundred MiB: the worst run is the figure to hold against a memory budget)."""
     rows = []
     for h, w in sizes:
-        prep = f"import torch\nfrom fastnst.model_file import load_model\nnet, _ = load_model({str(model)!r})\nx = torch.rand(3, {h}, {w})\n"
-        fast = prep + "from fastnst.stylize import Stylizer\nr = Stylizer(net, 'cpu', 'auto')\nx = (x * 255).to(torch.uint8)\nr.stylize_to_uint8(x)\n"
+        prep = f"import torch\nfrom fastnst.model_file import load_model\nnet, _ = load_model({str(model)!r})\n"
+        # The photo as the CLI holds it, uint8, made directly: no float copies in the process's peak.
+        fast = prep + f"from fastnst.stylize import Stylizer\nr = Stylizer(net, 'cpu', 'auto')\nx = torch.randint(0, 256, (3, {h}, {w}), dtype=torch.uint8)\nr.stylize_to_uint8(x)\n"
         rows.append({"size": f"{w}x{h}", "path": "fastnst (banded, whole-image stats)", **child_peaks(fast, runs)})
         if plain_too:
-            plain = prep + f"import sys\nsys.path.insert(0, {str(REPO / 'scripts')!r})\nfrom bench import PlainJohnson\np = PlainJohnson().load_from(net).eval()\nwith torch.inference_mode():\n    p(x[None])\n"
+            plain = prep + f"x = torch.rand(3, {h}, {w})\nimport sys\nsys.path.insert(0, {str(REPO / 'scripts')!r})\nfrom bench import PlainJohnson\np = PlainJohnson().load_from(net).eval()\nwith torch.inference_mode():\n    p(x[None])\n"
             rows.append({"size": f"{w}x{h}", "path": "plain fp32 eager", **child_peaks(plain, 1)})
     rows.append({"size": "-", "path": "baseline: python + import torch", **child_peaks("import torch, fastnst.stylize\ntorch.zeros(1)", 1)})
     return rows
