@@ -93,11 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_OUTPUT_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+
+
+def names_one_file(output: Path | None) -> bool:
+    """Whether ``-o`` names one output file: a known extension and not an existing folder."""
+    return output is not None and output.suffix.lower() in _OUTPUT_EXTENSIONS and not output.is_dir()
+
+
 def output_problem(inputs: list[Path], output: Path | None) -> str | None:
     """Why ``-o`` cannot work with these inputs (one line), or None. A name with an extension is one file."""
     if output is None or output.is_dir() or not output.suffix:
         return None
-    known = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+    known = _OUTPUT_EXTENSIONS
     if output.suffix.lower() not in known:
         return (
             f"-o {output}: unknown output format {output.suffix!r} (use one of {', '.join(known)}; "
@@ -113,12 +121,7 @@ def plan_jobs(inputs: list[Path], output: Path | None, model_name: str) -> tuple
     """Pair every input image with its output path; returns (jobs, errors for inputs that are unusable)."""
     jobs: list[Job] = []
     errors: list[str] = []
-    single_file_out = (
-        output is not None
-        and output.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
-        and len(inputs) == 1
-        and not inputs[0].is_dir()
-    )
+    single_file_out = names_one_file(output) and len(inputs) == 1 and not inputs[0].is_dir()
     for src in inputs:
         if src.is_dir():
             found = list_images(src)

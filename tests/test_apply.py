@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import REPO, make_photo, run_module
 from fastnst import Stylizer, stylize
-from fastnst.apply import main, output_problem
+from fastnst.apply import main, output_problem, plan_jobs
 from fastnst.model_file import save_model
 from fastnst.net import TransformerNet
 
@@ -105,6 +105,9 @@ def test_output_that_cannot_hold_the_inputs_is_a_usage_error(photo_dir: Path, tm
     # An existing folder is a folder, whatever its name.
     (tmp_path / "v1.2").mkdir()
     assert output_problem([photo_dir / "p0.png", photo_dir / "p1.png"], tmp_path / "v1.2") is None
+    (tmp_path / "shots.jpg").mkdir()
+    jobs, errors = plan_jobs([photo_dir / "p0.png"], tmp_path / "shots.jpg", "m")
+    assert not errors and [job.dst for job in jobs] == [tmp_path / "shots.jpg" / "p0.png"]
 
 
 def test_python_api(model_file: Path, photo_dir: Path) -> None:
