@@ -358,14 +358,17 @@ def vgg16_features(vgg_weights: str | None) -> nn.Sequential:
 
 def training_steps(
     features: nn.Sequential, weights: str, style: torch.Tensor, batch: torch.Tensor, repeats: int,
-    variants: list[tuple[str, bool, bool]], timer: Callable[..., dict[str, float]] = timed,
+    variants: list[tuple[str, bool, bool] | tuple[str, bool, bool, bool | str]], timer: Callable[..., dict[str, float]] = timed,
+    strict_fp32_too: bool = False,
 ) -> list[dict[str, Any]]:
-    """Time the plain fp32 step, then fastnst's step for each ``(name, bf16 autocast, channels_last)``.
+    """Time the plain fp32 step, then fastnst's step for each ``(name, bf16 autocast, channels_last[, compiled])``.
 
     Plain: fp32 eager, both images through VGG to relu4_3, as in pytorch/examples. fastnst: the training
     module's loss and forward (Grams once, the photo only to relu2_2 and without grad, no VGG grads; on CPUs
     the rewritten decoder, 2x2 max-pools from elementwise maxima, a one-product Gram backward, the VGG on
-    channels_last activations, a bf16 content term, freed memory reused).
+    channels_last activations, a bf16 content term, freed memory reused). ``compiled``: the forward and loss
+    under ``torch.compile`` (backward through AOTAutograd), its first call's time in the row's name.
+    ``strict_fp32_too`` (CUDA): also the plain step with TF32 off, i.e. true fp32 convolutions.
     """
     from fastnst.training.loss import build_loss
     from fastnst.training.module import train_forward
@@ -388,7 +391,17 @@ def training_steps(
     t_plain = timer(plain_step, repeats)
     reuse_freed_memory(dev.type == "cpu")
     rows = [{"batch": len(batch), "path": "plain fp32 eager (reference)", **t_plain, "speedup": 1.0, "loss_same_batch": loss0_p}]
-    for name, bf16, channels_last in variants:
+    if strict_fp32_too and dev.type == "cuda":
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            t_strict = timer(plain_step, repeats)
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
+        rows.append({"batch": len(batch), "path": "plain fp32 eager, TF32 off (true fp32 convolutions)", **t_strict,
+                     "speedup": t_plain["median_s"] / t_strict["median_s"], "loss_same_batch": loss0_p})
+    for name, bf16, channels_last, *rest in variants:
+        compiled = rest[0] if rest else False  # True, or a torch.compile mode such as "reduce-overhead"
         net_f = trained_like_net().train().to(dev)
         loss_f = build_loss("vgg16", weights, ["relu2_2"], {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}, 1.0, 1e5, 10.0).to(dev)
         loss_f.set_style(style)
@@ -400,13 +413,30 @@ def training_steps(
         with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             loss0_f = loss_f(train_forward(net_f, xb), xb)["total"].item()
 
+        def forward_loss() -> torch.Tensor:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                return loss_f(train_forward(net_f, xb), xb)["total"]
+
+        mode = compiled if isinstance(compiled, str) else None
+        step_loss = torch.compile(forward_loss, dynamic=False, mode=mode) if compiled else forward_loss
+
         def fast_step() -> None:
             opt_f.zero_grad(set_to_none=True)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                total = loss_f(train_forward(net_f, xb), xb)["total"]
-            total.backward()
+            step_loss().backward()
             opt_f.step()
 
+        if compiled:  # the first call compiles; its loss (weights not yet stepped) is the compiled graph's on the same batch
+            t0 = time.perf_counter()
+            try:
+                opt_f.zero_grad(set_to_none=True)
+                total = step_loss()
+                total.backward()
+                opt_f.step()
+            except Exception as e:  # noqa: BLE001 - a compiler failure costs its row, not the others
+                print(f"({name} skipped: {type(e).__name__}: {str(e)[:200]})", file=sys.stderr, flush=True)
+                continue
+            loss0_f = total.item()
+            name = f"{name}, first call {time.perf_counter() - t0:.0f} s"
         t_fast = timer(fast_step, repeats)
         rows.append({"batch": len(batch), "path": name, **t_fast, "speedup": t_plain["median_s"] / t_fast["median_s"], "loss_same_batch": loss0_f})
     for r in rows:
@@ -472,8 +502,28 @@ def _cuda_graph_timing(fast: Stylizer, x: torch.Tensor, repeats: int, timer: Cal
         return None
 
 
-def section_gpu(repeats: int, vgg_weights: str | None, device: str = "cuda") -> dict[str, Any]:
-    """Issue 8's GPU figures: matmul peaks, 1080p inference paths, AMP training steps at batch 4 and 16."""
+def _compiled_timing(fast: Stylizer, x: torch.Tensor, repeats: int, timer: Callable[..., dict[str, float]], channels_last: bool) -> tuple[str, dict[str, float], torch.Tensor]:
+    """``fast``'s network under ``torch.compile`` (Inductor fuses the norms, pads and ReLUs into fewer passes)."""
+    net = fast.fast_net.to(memory_format=torch.channels_last) if channels_last else fast.fast_net
+    xx = x.to(fast.plan.dtype)
+    xx = xx.contiguous(memory_format=torch.channels_last) if channels_last else xx
+    cnet = torch.compile(net, dynamic=False)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        cnet(xx)
+        _sync(x.device)
+        first = time.perf_counter() - t0
+        t = timer(lambda: cnet(xx), repeats)
+        y = cnet(xx).float()
+    layout = " + channels_last" if channels_last else ""
+    return f"torch.compile ({fast.plan.precision}{layout}), first call {first:.0f} s", t, y
+
+
+def section_gpu(repeats: int, vgg_weights: str | None, device: str = "cuda", compile_too: bool = False) -> dict[str, Any]:
+    """Issue 8's GPU figures: matmul peaks, 1080p inference paths, AMP training steps at batch 4 and 16.
+
+    ``compile_too``: also ``torch.compile`` rows (fp32 and bf16 + channels_last inference; the bf16
+    training step) and the plain step with TF32 off. Rows are echoed to stderr as they are measured."""
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     props = torch.cuda.get_device_properties(0) if cuda else None
@@ -495,6 +545,26 @@ def section_gpu(repeats: int, vgg_weights: str | None, device: str = "cuda") -> 
     torch.backends.cuda.matmul.allow_tf32 = False
     peaks["best_tflops"] = max(peaks.values())
     out["peaks"] = peaks
+
+    # Training steps (first: compiling them is the slowest part of a --compile run): plain fp32 eager vs
+    # the training module's loss under bf16 autocast (Lightning's bf16-mixed).
+    features = vgg16_features(vgg_weights)
+    side = GPU_TRAIN_SIDE
+    style = torch.rand(1, 3, side, side, device=dev)
+    variants: list[tuple[str, bool, bool] | tuple[str, bool, bool, bool | str]] = [("fastnst bf16-mixed", True, False), ("fastnst bf16-mixed + channels_last", True, True)]
+    if compile_too:
+        variants.append(("fastnst bf16-mixed, torch.compile", True, False, True))
+        if cuda:  # CUDA graphs (cudagraph trees) replay the compiled forward and backward with one launch each
+            variants.append(("fastnst bf16-mixed, torch.compile reduce-overhead", True, False, "reduce-overhead"))
+    train_rows = []
+    for batch_size in GPU_TRAIN_BATCHES:
+        torch.manual_seed(0)
+        batch = torch.rand(batch_size, 3, side, side, device=dev)
+        n_before = len(train_rows)
+        train_rows += training_steps(features, vgg_weights or "random", style, batch, repeats, variants, timed_, strict_fp32_too=compile_too)
+        for r in train_rows[n_before:]:
+            print(f"[gpu] train batch {batch_size} {r['path']}: {r['median_s'] * 1e3:.1f} ms ({r['speedup']:.2f}x)", file=sys.stderr, flush=True)
+    out["training"] = train_rows
 
     # Inference, 1920x1080, classic network, input and output on the GPU.
     h, w = GPU_INFER_HW
@@ -523,6 +593,14 @@ def section_gpu(repeats: int, vgg_weights: str | None, device: str = "cuda") -> 
             graphed = _cuda_graph_timing(fast, x, repeats, timed_)
             if graphed is not None:
                 paths.append((f"fastnst + CUDA graph ({fast.plan.precision})", *graphed, None))
+        if compile_too:
+            for prec, cl in (("auto", False), ("bf16", True)):
+                c_fast = Stylizer(copy.deepcopy(net), dev, prec, tile=False)
+                reset_mem()
+                c_name, c_t, c_y = _compiled_timing(c_fast, x, repeats, timed_, cl)
+                paths.append((c_name, c_t, c_y, peak_mem()))
+                print(f"[gpu] batch {batch} {c_name}: {c_t['median_s'] * 1e3:.1f} ms vs plain {t_plain['median_s'] * 1e3:.1f} ms", file=sys.stderr, flush=True)
+                del c_fast
         for path, t, y, mem in paths:
             rows.append(base | {"path": path, **t, "images_per_s": batch / t["median_s"], "tflops": flops / t["median_s"] / 1e12,
                                 "speedup": t_plain["median_s"] / t["median_s"], "psnr_db": psnr(y, ref), "peak_mem_mib": mem})
@@ -532,18 +610,6 @@ def section_gpu(repeats: int, vgg_weights: str | None, device: str = "cuda") -> 
     for r in rows:
         r["peak_fraction"] = r["tflops"] / peaks["bf16_tflops"]
     out["inference"] = rows
-
-    # Training steps: plain fp32 eager vs the training module's loss under bf16 autocast (Lightning's bf16-mixed).
-    features = vgg16_features(vgg_weights)
-    side = GPU_TRAIN_SIDE
-    style = torch.rand(1, 3, side, side, device=dev)
-    variants = [("fastnst bf16-mixed", True, False), ("fastnst bf16-mixed + channels_last", True, True)]
-    train_rows = []
-    for batch_size in GPU_TRAIN_BATCHES:
-        torch.manual_seed(0)
-        batch = torch.rand(batch_size, 3, side, side, device=dev)
-        train_rows += training_steps(features, vgg_weights or "random", style, batch, repeats, variants, timed_)
-    out["training"] = train_rows
     return out
 
 
@@ -568,7 +634,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats, no 8K, no plain-memory runs (a few minutes on 2 cores)")
     p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile (tens of seconds of compilation per size)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (tens of seconds of compilation per size; on a GPU also the compiled training step)")
     p.add_argument("--photo", type=Path, help="a 1920x1080 photo for the CLI timing (default: one is generated)")
     p.add_argument("--vgg", default=os.environ.get("FASTNST_VGG_WEIGHTS"), help="VGG16 weights for the training step (default: random init)")
     p.add_argument("--precision", choices=["auto", "fp32"], default="auto", help="fp32: time fastnst's fp32 path (what a CPU without native bf16 gets) against the fp32 peak")
@@ -618,7 +684,7 @@ def main() -> None:
         print(fmt_table(results["training"], [("path", "path", ""), ("median_s", "median s", "{:.2f}"), ("min_s", "min", "{:.2f}"), ("max_s", "max", "{:.2f}"), ("speedup", "vs plain", "{:.2f}x"), ("loss_same_batch", "loss, same batch", "{:.4g}")]))
 
     if "gpu" not in args.skip and torch.cuda.is_available():
-        g = results["gpu"] = section_gpu(20 if not args.quick else 10, args.vgg)
+        g = results["gpu"] = section_gpu(20 if not args.quick else 10, args.vgg, compile_too=args.compile)
         pk = g["peaks"]
         print(f"\n## GPU: {g['gpu']}\n\nmatmul peaks (8192^3): fp32 {pk['fp32_tflops']:.1f}, tf32 {pk['tf32_tflops']:.1f}, bf16 {pk['bf16_tflops']:.0f} TFLOP/s")
         print("\n### Inference, 1920x1080, classic network, on the GPU\n")

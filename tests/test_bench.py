@@ -63,3 +63,32 @@ def test_memory_section_reports_the_worst_of_several_processes(tmp_path) -> None
     assert base["peak_rss_mib"] == base["peak_rss_min_mib"] and fast["wall_s"] > 0
     table = bench.fmt_table(rows, [("size", "size", ""), ("runs", "runs", ""), ("peak_rss_mib", "max", "{:.0f}")])
     assert "| 64x48 " in table and table.count("\n") == 3
+
+
+def test_compiled_inference_row_matches_eager(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The --compile inference rows that GPU sessions read give the eager output (CPU, toy size)."""
+    from fastnst.stylize import Stylizer
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # a cold compile, as on a fresh GPU machine
+    net = bench.trained_like_net(8, 1)
+    x = torch.rand(1, 3, 32, 48)
+    fast = Stylizer(net, "cpu", "fp32", tile=False)
+    name, t, y = bench._compiled_timing(fast, x, 1, bench.timed, channels_last=True)
+    assert name.startswith("torch.compile (fp32 + channels_last), first call") and t["median_s"] > 0
+    assert bench.psnr(y, fast(x)) >= 60
+
+
+@pytest.mark.slow
+def test_compiled_training_row_matches_eager(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled training step (a --compile GPU row) computes the eager loss on the same batch. About a
+    minute of Inductor compiling on 2 cores; the GPU path runs the plain network, as here."""
+    import fastnst.training.module as module
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(module, "train_forward", lambda net, photos: net(photos))
+    batch = torch.rand(2, 3, 32, 32)
+    variants = [("eager", False, False), ("compiled", False, False, True)]
+    rows = bench.training_steps(bench.vgg16_features(None), "random", torch.rand(1, 3, 32, 32), batch, 1, variants)
+    eager, compiled = rows[1], rows[2]
+    assert compiled["path"].startswith("compiled, first call") and compiled["median_s"] > 0
+    assert compiled["loss_same_batch"] == pytest.approx(eager["loss_same_batch"], rel=1e-4)
