@@ -84,6 +84,7 @@ def test_max_time_stops_the_run_and_still_writes_the_model(tmp_path: Path, photo
     _, meta = load_model(tmp_path / "timed" / "starry.pt")
     assert 0 < meta["steps"] < 1_000_000
     assert torch.load(tmp_path / "timed" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == meta["steps"]
+    assert "weights_only" not in result.stderr  # the final save says what it stores; no alarming Lightning default line
 
 
 def test_init_from_starts_from_a_trained_model_and_records_it(trained_run: Path, photo_dir: Path, style_file: Path, tmp_path: Path) -> None:

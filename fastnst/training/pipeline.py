@@ -69,7 +69,9 @@ class FinalCheckpoint(Callback):
             return
         last = Path(self.checkpoint.dirpath) / f"{self.checkpoint.CHECKPOINT_NAME_LAST}{self.checkpoint.FILE_EXTENSION}"
         if getattr(self.checkpoint, "_last_global_step_saved", -1) != trainer.global_step or not last.exists():
-            trainer.save_checkpoint(last)  # collective under DDP: every rank calls it, rank 0 writes
+            # collective under DDP: every rank calls it, rank 0 writes. The full state (optimizer, loops) is
+            # the point of last.ckpt; saying so also keeps Lightning's 'weights_only was not set' line out of the log.
+            trainer.save_checkpoint(last, weights_only=False)
 
 
 class TimeSnapshots(Callback):
