@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  python -m fastnst.apply -m runs/starry/last/starry.pt -o stylised/ photos/\n"
             "  python -m fastnst.apply -m starry --preserve-color --strength 0.7 photo.jpg -o soft.jpg\n"
             "  python -m fastnst.apply -m starry --smoothing 0.6 clip.mp4 -o clip_starry.mp4\n"
+            "  python -m fastnst.apply -m starry --compile --batch-size 8 long_video.mp4   # on a GPU\n"
             "  python -m fastnst.apply --list-models"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -80,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="videos: temporal smoothing against flicker, 0 (off) to 0.95; static pixels are averaged over frames (default: 0)",
     )
     p.add_argument("--batch-size", type=int, default=4, help="images of the same size stylised together (default: 4)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="GPUs: compile the network (bf16, channels_last) once per image size: 8-13 s each, then about 2.4x faster on an H100; for long videos or thousands of same-size images, not one photo",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never done otherwise)")
     p.add_argument(
         "--max-pixels",
@@ -186,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             tile={"auto": None, "on": True, "off": False}[args.tile],
             preserve_color=args.preserve_color,
             strength=args.strength,
+            compile=args.compile,
         )
     except (ModelFileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -130,3 +131,30 @@ def test_inference_side_imports_no_training_stack() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compiled_stylizer_matches_and_pads_a_short_last_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch.manual_seed(0)
+    net = TransformerNet(8, 1)
+    x = torch.rand(3, 3, 32, 40)
+    ref = Stylizer(net, "cpu", "fp32")(x)
+    runner = Stylizer(net, "cpu", "fp32", compile=True)
+    seen: list[tuple[int, ...]] = []
+    compiled = runner.compiled
+    runner.compiled = lambda batch: seen.append(tuple(batch.shape)) or compiled(batch)
+    out = runner(x)
+    assert out.shape == ref.shape and (out - ref).abs().max() < 1e-4
+    tail = runner(x[:2])  # e.g. a video's last frames: padded to the compiled batch, not compiled again
+    assert tail.shape == (2, 3, 32, 40) and (tail - ref[:2]).abs().max() < 1e-4
+    assert seen == [(3, 3, 32, 40), (3, 3, 32, 40)]
+
+
+def test_compile_flag(model_file: Path, photo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    out = tmp_path / "out.png"
+    assert main(["-q", "--compile", "--precision", "fp32", "-m", str(model_file), "-o", str(out), str(photo_dir / "p2.png")]) == 0
+    plain = tmp_path / "plain.png"
+    assert main(["-q", "--precision", "fp32", "-m", str(model_file), "-o", str(plain), str(photo_dir / "p2.png")]) == 0
+    a, b = (np.asarray(Image.open(p), dtype=np.float32) for p in (out, plain))
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1  # the same picture, to rounding

@@ -92,6 +92,10 @@ def test_cuda_path_matches_fp32() -> None:
     fast = Stylizer(net, "cuda", "auto")
     assert isinstance(fast.plan, ExecutionPlan) and fast.plan.device.type == "cuda"
     assert _psnr(fast(x), ref) >= 40
+    compiled = Stylizer(net, "cuda", "auto", compile=True)
+    if torch.cuda.get_device_capability() >= (8, 0):
+        assert compiled.plan.precision == "bf16"  # the fastest compiled path measured (docs/benchmarks.md)
+    assert _psnr(compiled(x), ref) >= 40 and _psnr(compiled(x[:1]), ref[:1]) >= 40
 
 
 _MALLOC_PROBE = """
