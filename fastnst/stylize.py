@@ -61,8 +61,8 @@ class Stylizer:
     of compute capability 8.0 or newer in bf16 unless ``precision`` says otherwise. Inductor fuses the
     norms, pads and ReLUs between the convolutions: 2.34-2.42x the plain fp32 network on an H100 at 1080p,
     after 8-13 s of compiling for each new image size (docs/benchmarks.md). That pays for a long video or
-    thousands of same-size images, not for a photo; a smaller last batch is padded to the first batch's size so
-    that it does not compile again. On CPUs it compiles the plain layers, which fastnst's own CPU layers
+    thousands of same-size images, not for a photo; a smaller last batch of an image size is padded to the size's
+    first batch so that it does not compile again. On CPUs it compiles the plain layers, which fastnst's own CPU layers
     usually beat; the option is meant for GPUs.
     """
 
@@ -112,7 +112,7 @@ class Stylizer:
             reuse_freed_memory()  # no page faults for each large activation (fastnst.hardware; 1.6x at 1080p)
         self.tiled = TiledRunner(self.net, band_rows=band_rows, compact_storage_bytes=FP32_STORAGE_BYTES)
         self.compiled: Any = None
-        self._compiled_batch = 0  # the batch size of the first compiled call; smaller batches are padded to it
+        self._compiled_batch: dict[tuple[int, int], int] = {}  # per image size, the batch size compiled first
         if compile:
             # A separate channels_last copy: the banded runner keeps the NCHW weights it was built for.
             self.compiled = torch.compile(copy.deepcopy(self.net).to(memory_format=torch.channels_last), dynamic=False)
@@ -138,9 +138,9 @@ class Stylizer:
 
     def _run_compiled(self, x: torch.Tensor) -> torch.Tensor:
         n = len(x)
-        self._compiled_batch = self._compiled_batch or n
-        if n < self._compiled_batch:  # e.g. a video's last frames: repeat the last one instead of compiling again
-            x = torch.cat([x, x[-1:].expand(self._compiled_batch - n, -1, -1, -1)])
+        full = self._compiled_batch.setdefault((x.shape[-2], x.shape[-1]), n)
+        if n < full:  # e.g. a video's last frames: repeat the last one instead of compiling again for this size
+            x = torch.cat([x, x[-1:].expand(full - n, -1, -1, -1)])
         return self.compiled(x.contiguous(memory_format=torch.channels_last))[:n]
 
     def postprocess(self, out: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:

@@ -148,6 +148,8 @@ def test_compiled_stylizer_matches_and_pads_a_short_last_batch(tmp_path: Path, m
     tail = runner(x[:2])  # e.g. a video's last frames: padded to the compiled batch, not compiled again
     assert tail.shape == (2, 3, 32, 40) and (tail - ref[:2]).abs().max() < 1e-4
     assert seen == [(3, 3, 32, 40), (3, 3, 32, 40)]
+    other = torch.rand(1, 3, 24, 40)  # another size: its own first batch, not padded to 3
+    assert runner(other).shape == (1, 3, 24, 40) and seen[-1] == (1, 3, 24, 40)
 
 
 def test_compile_flag(model_file: Path, photo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
