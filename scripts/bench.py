@@ -522,8 +522,9 @@ def _compiled_timing(fast: Stylizer, x: torch.Tensor, repeats: int, timer: Calla
 def section_gpu(repeats: int, vgg_weights: str | None, device: str = "cuda", compile_too: bool = False) -> dict[str, Any]:
     """Issue 8's GPU figures: matmul peaks, 1080p inference paths, AMP training steps at batch 4 and 16.
 
-    ``compile_too``: also ``torch.compile`` rows (fp32 and bf16 + channels_last inference; the bf16
-    training step) and the plain step with TF32 off. Rows are echoed to stderr as they are measured."""
+    ``compile_too``: also ``torch.compile`` rows (inference: the network compiled in fp32, and
+    ``Stylizer(compile=True)``; the bf16 training step, plain and with CUDA graphs) and the plain step with
+    TF32 off. Rows are echoed to stderr as they are measured."""
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     props = torch.cuda.get_device_properties(0) if cuda else None
