@@ -107,13 +107,19 @@ def cuda_capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
-def plan_for(device: torch.device, precision: str = "auto", flags: frozenset[str] | None = None) -> ExecutionPlan:
-    """The fastest sound way to run on ``device``; ``precision`` other than ``auto`` forces the dtype."""
+def plan_for(device: torch.device, precision: str = "auto", flags: frozenset[str] | None = None, compiled: bool = False) -> ExecutionPlan:
+    """The fastest sound way to run on ``device``; ``precision`` other than ``auto`` forces the dtype.
+
+    ``compiled``: the network will run under ``torch.compile``, which changes the answer on recent GPUs."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if device.type == "cuda":
         if precision != "auto":
             return ExecutionPlan(device, _DTYPES[precision], f"CUDA: {precision} (forced)")
+        if cuda_capability(device) >= (8, 0) and compiled:
+            # Compiled, bf16 + channels_last was the fastest path measured: 2.34-2.42x plain against 1.55-1.77x
+            # compiled fp32 (H100, 1080p, 51.6 dB against fp32). Eager bf16 was slower than fp32, hence below.
+            return ExecutionPlan(device, torch.bfloat16, "CUDA (Ampere or newer), compiled: bf16 + channels_last")
         if cuda_capability(device) >= (8, 0):
             return ExecutionPlan(device, torch.float32, "CUDA (Ampere or newer): fp32 with TF32 convolutions")
         return ExecutionPlan(device, torch.float16, "CUDA before Ampere: fp16")

@@ -16,7 +16,7 @@ from PIL import Image
 
 from fastnst.color import blend, preserve_color
 from fastnst.fast_layers import fast_copy
-from fastnst.hardware import ExecutionPlan, plan_for, reuse_freed_memory
+from fastnst.hardware import plan_for, reuse_freed_memory
 from fastnst.images import photo_from_pil, read_image, to_pil, to_uint8
 from fastnst.model_file import load_model
 from fastnst.net import TransformerNet
@@ -78,11 +78,7 @@ class Stylizer:
         compile: bool = False,
     ) -> None:
         self.device = select_device(device)
-        self.plan = plan_for(self.device, precision)
-        if compile and precision == "auto" and self.device.type == "cuda" and self.plan.dtype == torch.float32:
-            # Compiled, bf16 + channels_last was the fastest path measured (2.34-2.42x plain against 1.55-1.77x
-            # compiled fp32, H100, 51.6 dB against fp32); eager bf16 was slower than fp32, hence auto's fp32.
-            self.plan = ExecutionPlan(self.device, torch.bfloat16, "CUDA, compiled: bf16 + channels_last")
+        self.plan = plan_for(self.device, precision, compiled=compile)
         self.tile = tile
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be between 0 and 1, got {strength}")
@@ -107,7 +103,7 @@ class Stylizer:
         # A private copy in the plan's dtype: weights cast once, not on every call (the caller's net is untouched).
         self.net = copy.deepcopy(net).to(self.device, self.plan.dtype).eval()
         # Exact rewrites of the decoder's slow layers for the one-pass path on CPUs (1.2-1.4x; fastnst.fast_layers).
-        self.fast_net = fast_copy(self.net) if self.device.type == "cpu" else self.net
+        self.fast_net = fast_copy(self.net) if self.device.type == "cpu" and not compile else self.net
         if self.device.type == "cpu":
             reuse_freed_memory()  # no page faults for each large activation (fastnst.hardware; 1.6x at 1080p)
         self.tiled = TiledRunner(self.net, band_rows=band_rows, compact_storage_bytes=FP32_STORAGE_BYTES)

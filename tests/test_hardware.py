@@ -56,8 +56,11 @@ def test_cuda_choice_follows_the_measurements(monkeypatch: pytest.MonkeyPatch) -
     plan = plan_for(gpu)
     assert plan.dtype == torch.float32 and "TF32" in plan.reason
     assert plan_for(gpu, "bf16").dtype == torch.bfloat16  # the override wins
+    # Compiled, bf16 + channels_last was the fastest (H100); a forced precision still wins.
+    assert plan_for(gpu, compiled=True).dtype == torch.bfloat16 and plan_for(gpu, "fp32", compiled=True).dtype == torch.float32
     monkeypatch.setattr(hw, "cuda_capability", lambda device: (7, 5))  # Turing: no TF32, fp16 tensor cores
-    assert plan_for(gpu).dtype == torch.float16
+    assert plan_for(gpu).dtype == torch.float16 and plan_for(gpu, compiled=True).dtype == torch.float16
+    assert plan_for(torch.device("cpu"), "auto", ZEN4, compiled=True).dtype == torch.bfloat16  # CPUs: unchanged
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
