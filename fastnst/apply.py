@@ -111,10 +111,9 @@ def output_problem(inputs: list[Path], output: Path | None) -> str | None:
     """Why ``-o`` cannot work with these inputs (one line), or None. A name with an extension is one file."""
     if output is None or output.is_dir() or not output.suffix:
         return None
-    known = _OUTPUT_EXTENSIONS
-    if output.suffix.lower() not in known:
+    if not names_one_file(output):
         return (
-            f"-o {output}: unknown output format {output.suffix!r} (use one of {', '.join(known)}; "
+            f"-o {output}: unknown output format {output.suffix!r} (use one of {', '.join(_OUTPUT_EXTENSIONS)}; "
             "for a folder, give a name without an extension or create the folder first)"
         )
     if len(inputs) > 1 or inputs[0].is_dir():
