@@ -30,11 +30,13 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from fastnst.apply import default_io_threads  # noqa: E402
 from fastnst.hardware import cpu_flags, cpu_name, native_bf16_cpu, plan_for, reuse_freed_memory  # noqa: E402
 from fastnst.net import TransformerNet, count_flops  # noqa: E402
 from fastnst.stylize import Stylizer  # noqa: E402
@@ -319,6 +321,59 @@ def section_cli(photo: Path, model: Path, repeats: int) -> list[dict[str, Any]]:
             rows.append({"command": name, "first_s": times[0], "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)})
     for r in rows:
         r["speedup_vs_plain"] = rows[0]["median_s"] / r["median_s"]
+    return rows
+
+
+def section_folder(photo: Path, model: Path, count: int, threads: int | None = None) -> list[dict[str, Any]]:
+    """A folder of ``count`` PNG copies of ``photo`` to PNG: a plain serial loop vs fastnst.apply with
+    decoding/encoding in threads (``--io-threads``, default one per core) and without (0). Whole processes."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    threads = default_io_threads() if threads is None else threads
+    plain_script = textwrap.dedent(
+        f"""
+        import sys, torch, numpy as np
+        from pathlib import Path
+        from PIL import Image
+        sys.path.insert(0, {str(REPO / 'scripts')!r})
+        from bench import PlainJohnson
+        from fastnst.model_file import load_model
+        net, _ = load_model({str(model)!r})
+        plain = PlainJohnson().load_from(net).eval().to({device!r})
+        out = Path(sys.argv[2])
+        out.mkdir()
+        for f in sorted(Path(sys.argv[1]).iterdir()):
+            img = np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255
+            with torch.inference_mode():
+                y = plain(torch.from_numpy(img).permute(2, 0, 1)[None].to({device!r}))[0].cpu()
+            Image.fromarray((y.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(out / f.name)
+        """
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "photos"
+        src.mkdir()
+        with Image.open(photo) as img:
+            rgb = img.convert("RGB")
+        for i in range(count):
+            rgb.save(src / f"{i:03d}.png")
+        script = Path(tmp) / "plain.py"
+        script.write_text(plain_script)
+        apply = [sys.executable, "-m", "fastnst.apply", "-q", "-m", str(model), str(src), "-o"]
+        out = {name: Path(tmp) / name for name in ("plain", "serial", "threads")}
+        runs = {
+            f"plain loop (fp32 eager, {device})": ([sys.executable, str(script), str(src), str(out["plain"])], out["plain"]),
+            "fastnst.apply --io-threads 0": ([*apply, str(out["serial"]), "--io-threads", "0"], out["serial"]),
+            f"fastnst.apply (--io-threads {threads})": ([*apply, str(out["threads"]), "--io-threads", str(threads)], out["threads"]),
+        }
+        for name, (cmd, dst) in runs.items():
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
+            seconds = time.perf_counter() - t0
+            written = sum(1 for _ in dst.rglob("*.png"))
+            rows.append({"command": name, "images": count, "written": written, "seconds": seconds, "images_per_s": count / seconds})
+            print(f"  {name}: {seconds:.1f} s", file=sys.stderr)
+    for r in rows:
+        r["speedup_vs_plain"] = rows[0]["seconds"] / r["seconds"]
     return rows
 
 
@@ -680,6 +735,10 @@ def main() -> None:
             results["cli"] = section_cli(photo, model, 2 if args.quick else 3)
             print("\n## One 1920x1080 photo from the command line (whole process)\n")
             print(fmt_table(results["cli"], [("command", "command", ""), ("first_s", "first run s", "{:.2f}"), ("median_s", "median s", "{:.2f}"), ("speedup_vs_plain", "vs plain", "{:.2f}x")]))
+            n = 8 if args.quick else 16
+            results["folder"] = section_folder(photo, model, n)
+            print(f"\n## A folder of {n} 1920x1080 PNG photos to PNG (whole process)\n")
+            print(fmt_table(results["folder"], [("command", "command", ""), ("seconds", "s", "{:.1f}"), ("images_per_s", "images/s", "{:.2f}"), ("speedup_vs_plain", "vs plain", "{:.2f}x")]))
         if "memory" not in args.skip:
             sizes = [(2160, 3840)] if args.quick else [(2160, 3840), (4320, 7680)]
             results["memory"] = section_memory(sizes, model, plain_too=not args.quick)

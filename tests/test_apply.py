@@ -64,6 +64,27 @@ def test_bad_inputs_fail_alone_and_summarise(model_file: Path, photo_dir: Path, 
     assert (tmp_path / "out" / "p0.png").is_file()
 
 
+@pytest.mark.parametrize("tile", ["off", "on"])
+def test_threaded_io_writes_the_same_files_as_serial(model_file: Path, tmp_path: Path, tile: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Decoding ahead and encoding in threads changes no byte; an image that fails to decode mid-folder is
+    reported once and the rest are written (batches of 2 over 7 photos of two sizes)."""
+    src = tmp_path / "in"
+    for i in range(6):
+        make_photo(src / f"a{i}.png", (40, 32) if i % 3 else (24, 36), seed=i)
+    whole = (src / "a1.png").read_bytes()
+    (src / "a4.png").write_bytes(whole[: len(whole) // 2])  # the header still reads: it fails while decoding
+    make_photo(src / "b.jpg", (40, 32), seed=7)
+    outputs = {}
+    for threads in ["0", "3"]:
+        out = tmp_path / f"out{threads}"
+        code = main(["-q", "-m", str(model_file), "--batch-size", "2", "--tile", tile, "--io-threads", threads, "-o", str(out), str(src)])
+        err = capsys.readouterr().err
+        assert code == 1 and err.count("a4.png") == 1 and "6 ok, 1 failed" in err
+        outputs[threads] = {p.name: p.read_bytes() for p in (out / "in").iterdir()}
+    assert sorted(outputs["0"]) == ["a0.png", "a1.png", "a2.png", "a3.png", "a5.png", "b.jpg"]
+    assert outputs["0"] == outputs["3"]
+
+
 def test_alpha_and_odd_sizes(model_file: Path, tmp_path: Path) -> None:
     rgba = tmp_path / "rgba.png"
     Image.new("RGBA", (3, 5), (200, 10, 10, 128)).save(rgba)
@@ -88,6 +109,8 @@ def test_usage_errors_and_help() -> None:
     assert result.returncode == 0 and "--overwrite" in result.stdout and "examples:" in result.stdout
     result = run_module("fastnst.apply", "photo.jpg")
     assert result.returncode == 2 and "-m/--model is required" in result.stderr
+    result = run_module("fastnst.apply", "-m", "starry", "--io-threads", "-1", "photo.jpg")
+    assert result.returncode == 2 and "--io-threads must be 0 or more" in result.stderr
 
 
 def test_output_that_cannot_hold_the_inputs_is_a_usage_error(photo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,8 +2,10 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from scripts import bench
 
@@ -63,6 +65,18 @@ def test_memory_section_reports_the_worst_of_several_processes(tmp_path) -> None
     assert base["peak_rss_mib"] == base["peak_rss_min_mib"] and fast["wall_s"] > 0
     table = bench.fmt_table(rows, [("size", "size", ""), ("runs", "runs", ""), ("peak_rss_mib", "max", "{:.0f}")])
     assert "| 64x48 " in table and table.count("\n") == 3
+
+
+def test_folder_section_writes_every_photo_three_ways(tmp_path) -> None:
+    from fastnst.model_file import save_model
+
+    model = save_model(bench.trained_like_net(), tmp_path / "bench.pt")  # the classic network the plain loop copies
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray((np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)).save(photo)
+    rows = bench.section_folder(photo, model, 3, threads=2)
+    assert [r["command"] for r in rows] == ["plain loop (fp32 eager, cpu)", "fastnst.apply --io-threads 0", "fastnst.apply (--io-threads 2)"]
+    assert all(r["written"] == r["images"] == 3 and r["seconds"] > 0 for r in rows)
+    assert rows[0]["speedup_vs_plain"] == 1.0 and rows[2]["speedup_vs_plain"] == pytest.approx(rows[0]["seconds"] / rows[2]["seconds"])
 
 
 def test_compiled_inference_row_matches_eager(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
