@@ -35,10 +35,13 @@ def exact_fp32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
-def style_config(name: str) -> dict[str, Any]:
-    """The ``style/<name>.yaml`` config as a dict (image, url, sha256, image_size, alpha, beta, tv_weight)."""
+def style_config(name: str, missing_ok: bool = False) -> dict[str, Any]:
+    """The ``style/<name>.yaml`` config as a dict (image, url, sha256, image_size, alpha, beta, tv_weight);
+    an unknown name raises :class:`ValueError`, or gives ``{}`` with ``missing_ok``."""
     path = CONFIG_DIR / "style" / f"{name}.yaml"
     if not path.is_file():
+        if missing_ok:
+            return {}
         known = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "style").glob("*.yaml")))
         raise ValueError(f"unknown style {name!r}; known: {known}")
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False)  # type: ignore[return-value]
@@ -50,7 +53,7 @@ def loss_settings(metadata: Mapping[str, Any] | None = None, style: str | None =
     name = style or meta.get("style")
     if not name:
         raise ValueError("need a style: a model whose metadata names one, or --style NAME")
-    cfg = style_config(name) if (CONFIG_DIR / "style" / f"{name}.yaml").is_file() else {}
+    cfg = style_config(name, missing_ok=True)  # a style without a config here: the metadata holds its settings
     settings = {
         "style": name,
         "style_image": None,
