@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--io-threads",
         type=int,
+        metavar="N",
         default=default_io_threads(),
         help="threads that decode and encode images while the network runs; 0: one after the other (default: one per core, at most 8: %(default)s)",
     )
