@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 from fastnst._io import first_line
 from fastnst._progress import Progress
 from fastnst.hardware import PRECISIONS
-from fastnst.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, Photo, list_images, output_format, probe_image, read_image, write_image
+from fastnst.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, Photo, list_images, output_format, probe_image, read_image, to_uint8, write_image
 from fastnst.model_file import ModelFileError, available_models
 from fastnst.video import VIDEO_EXTENSIONS
 
 if TYPE_CHECKING:
+    import torch
+
     from fastnst.stylize import Stylizer
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -162,16 +164,33 @@ def plan_jobs(inputs: list[Path], output: Path | None, model_name: str) -> tuple
     return jobs, errors
 
 
+def ready_jobs(jobs: list[Job], overwrite: bool, max_pixels: int) -> tuple[list[Job], list[str]]:
+    """The jobs that can run, with their sizes probed (a known output format, no output written twice, no
+    existing file replaced unless ``overwrite``, a readable header), and one line for each that cannot."""
+    ready: list[Job] = []
+    errors: list[str] = []
+    seen_dst: set[Path] = set()
+    for job in jobs:
+        try:
+            output_format(job.dst)
+            if job.dst.resolve() in seen_dst:
+                raise ImageError(f"{job.src}: output {job.dst} would be written twice in this run")
+            if job.dst.exists() and not overwrite:
+                raise ImageError(f"{job.src}: output {job.dst} exists; not overwriting it (pass --overwrite to replace it)")
+            job.size = probe_image(job.src, max_pixels)
+            seen_dst.add(job.dst.resolve())
+            ready.append(job)
+        except ImageError as e:
+            errors.append(str(e))
+    return ready, errors
+
+
 def _batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
     """Same-size images together (one forward pass each batch), in input order within a size."""
     by_size: dict[tuple[int, int], list[Job]] = {}
     for job in jobs:
         by_size.setdefault(job.size, []).append(job)  # type: ignore[arg-type]
     return [group[i : i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
-
-
-#: Decoded outputs waiting for an encoder thread, at most (uint8 bytes): bounds memory on fast GPUs.
-_MAX_PENDING_BYTES = 512 << 20
 
 
 def default_io_threads() -> int:
@@ -181,95 +200,130 @@ def default_io_threads() -> int:
     return max(1, min(8, cores or 1))
 
 
+class WriteQueue:
+    """Encodes and writes stylised images in ``threads`` threads while the caller goes on (0: at once).
+
+    Pillow releases the GIL while it encodes, and on a GPU encoding is the slow part: on an H100, a 1080p
+    PNG took about 30x longer to encode than to stylise. At most ``2 * threads`` images and ``max_bytes`` of
+    uint8 pixels wait. ``done(job, error)`` reports each file (error None: written) in the caller's thread,
+    in submission order.
+    """
+
+    def __init__(self, threads: int, done: Callable[[Job, str | None], None], overwrite: bool = False, quality: int = 95, max_bytes: int = 512 << 20) -> None:
+        self.threads, self.done, self.max_bytes = threads, done, max_bytes
+        self.overwrite, self.quality = overwrite, quality
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="fastnst-write") if threads > 0 else None
+        self.pending: deque[tuple[Job, Future[str | None], int]] = deque()
+
+    def put(self, job: Job, photo: Photo, out: torch.Tensor) -> None:
+        """Queue ``out`` (uint8, or float in [0, 1]) for ``job.dst``, with the photo's alpha and colour profile."""
+        out = to_uint8(out)  # a quarter of float32's memory while it waits
+        if self.pool is None:
+            self.pending.append((job, _finished(self._write(job, photo, out)), 0))
+        else:
+            self.pending.append((job, self.pool.submit(self._write, job, photo, out), out.numel()))
+        self.wait(2 * self.threads, self.max_bytes)
+
+    def wait(self, keep: int = 0, keep_bytes: int = 0) -> None:
+        """Report finished files, oldest first, until at most ``keep`` images / ``keep_bytes`` bytes wait."""
+        while self.pending and (len(self.pending) > keep or sum(n for _, _, n in self.pending) > keep_bytes):
+            job, future, _ = self.pending.popleft()
+            self.done(job, future.result())
+
+    def close(self, cancel: bool = False) -> None:
+        """Wait for every queued file and report it; ``cancel`` (after an error or Ctrl-C): finish only the
+        files being written (each is whole or absent: written atomically) and report nothing more."""
+        if cancel:
+            self.pending.clear()
+        else:
+            self.wait()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _write(self, job: Job, photo: Photo, out: torch.Tensor) -> str | None:
+        try:
+            write_image(out, job.dst, photo.alpha, overwrite=self.overwrite, quality=self.quality, icc_profile=photo.icc_profile)
+        except ImageError as e:
+            return str(e)
+        return None
+
+
+def _finished(value: Any) -> Future[Any]:
+    done: Future[Any] = Future()
+    done.set_result(value)
+    return done
+
+
 def _stylize_images(runner: Stylizer, ready: list[Job], args: argparse.Namespace, progress: Progress) -> tuple[int, int]:
     """Read, stylise and write every job; returns (written, failed). Errors are printed one line each.
 
-    With ``args.io_threads`` > 0, decoding the next batch and encoding finished images run in threads
-    while the network works (Pillow releases the GIL while it decodes and encodes): on an H100, encoding a
-    1080p PNG took about 30x longer than stylising it. Outputs are converted to uint8 first (a quarter of the
-    memory) and at most ``_MAX_PENDING_BYTES`` of them wait for an encoder.
+    With ``args.io_threads`` > 0 the next batch is decoded in a thread while the network works, and finished
+    images are encoded by a :class:`WriteQueue` of that many threads. Huge (banded) photos are written before
+    the next is read, so that two never sit in memory at once.
     """
     import torch
 
-    from fastnst.images import to_uint8
+    counts = {"ok": 0, "failed": 0}
 
-    ok = failed = 0
-    pool = ThreadPoolExecutor(args.io_threads, thread_name_prefix="fastnst-io") if args.io_threads > 0 else None
+    def report(job: Job, error: str | None) -> None:
+        if error is not None:
+            print(f"\nerror: {error}", file=sys.stderr)
+        counts["ok" if error is None else "failed"] += 1
+        progress.update()
 
-    def submit(fn: Callable[..., Any], *fn_args: Any) -> Future[Any]:
-        if pool is not None:
-            return pool.submit(fn, *fn_args)
-        done: Future[Any] = Future()
-        done.set_result(fn(*fn_args))
-        return done
-
-    def read(batch: list[Job]) -> tuple[bool, list[tuple[Job, Photo]], list[str]]:
+    def read(batch: list[Job]) -> tuple[bool, list[tuple[Job, Photo]], list[tuple[Job, str]]]:
         tiled = runner.uses_tiles(batch[0].size[1], batch[0].size[0])  # type: ignore[index]
         photos, errors = [], []
         for job in batch:
             try:
                 photos.append((job, read_image(job.src, int(args.max_pixels), as_uint8=tiled)))
             except ImageError as e:
-                errors.append(str(e))
+                errors.append((job, str(e)))
         return tiled, photos, errors
 
-    def write(job: Job, photo: Photo, out: torch.Tensor) -> str | None:
-        try:
-            write_image(out, job.dst, photo.alpha, overwrite=args.overwrite, quality=args.quality, icc_profile=photo.icc_profile)
-        except ImageError as e:
-            return str(e)
-        return None
-
-    pending: deque[tuple[Future[str | None], int]] = deque()
-
-    def collect(keep: int, keep_bytes: int) -> None:
-        nonlocal ok, failed
-        while pending and (len(pending) > keep or sum(n for _, n in pending) > keep_bytes):
-            error = pending.popleft()[0].result()
-            if error is None:
-                ok += 1
-            else:
-                print(f"\nerror: {error}", file=sys.stderr)
-                failed += 1
-            progress.update()
-
+    reader = ThreadPoolExecutor(1, thread_name_prefix="fastnst-read") if args.io_threads > 0 else None
+    writer = WriteQueue(args.io_threads, report, overwrite=args.overwrite, quality=args.quality)
     batches = _batches(ready, args.batch_size)
+
+    def start_reading(batch: list[Job]) -> Future[tuple[bool, list[tuple[Job, Photo]], list[tuple[Job, str]]]]:
+        return reader.submit(read, batch) if reader is not None else _finished(read(batch))
+
     try:
-        next_read = submit(read, batches[0]) if batches else None
+        next_read = start_reading(batches[0]) if batches else None
         for i, batch in enumerate(batches):
             tiled, photos, errors = next_read.result()  # type: ignore[union-attr]
-            # Decode the next batch meanwhile, unless either is a huge (tiled) image: bounded memory first.
             following = batches[i + 1] if i + 1 < len(batches) else None
+            # Decode the next batch meanwhile, unless either is a huge (banded) photo: bounded memory first.
             overlap = following is not None and not tiled and not runner.uses_tiles(following[0].size[1], following[0].size[0])  # type: ignore[index]
-            next_read = submit(read, following) if overlap else None
-            for error in errors:
-                print(f"\nerror: {error}", file=sys.stderr)
-                failed += 1
-                progress.update()
-            if photos:
-                try:
-                    if tiled:
-                        outs = [runner.stylize_to_uint8(p.rgb) for _, p in photos]  # one at a time, bounded memory
-                    else:
-                        outs = [to_uint8(out) for out in runner(torch.stack([p.rgb for _, p in photos]))]
-                except (ValueError, RuntimeError) as e:  # e.g. out of memory, or an image an exported model cannot take
-                    reason = first_line(e, 200)
-                    for job, _ in photos:
-                        print(f"\nerror: {job.src}: stylising failed ({reason})", file=sys.stderr)
-                        failed += 1
-                        progress.update()
+            next_read = start_reading(following) if overlap else None  # type: ignore[arg-type]
+            for job, error in errors:
+                report(job, error)
+            try:
+                if not photos:
                     outs = []
-                for (job, photo), out in zip(photos, outs):
-                    pending.append((submit(write, job, photo, out), out.numel()))
-                # Tiled images are written before the next is read; others queue up to a memory bound.
-                collect(0 if tiled else 2 * args.io_threads, 0 if tiled else _MAX_PENDING_BYTES)
+                elif tiled:
+                    outs = [runner.stylize_to_uint8(p.rgb) for _, p in photos]  # one at a time, bounded memory
+                else:
+                    outs = list(runner(torch.stack([p.rgb for _, p in photos])))
+            except (ValueError, RuntimeError) as e:  # e.g. out of memory, or an image an exported model cannot take
+                reason = first_line(e, 200)
+                for job, _ in photos:
+                    report(job, f"{job.src}: stylising failed ({reason})")
+                outs = []
+            for (job, photo), out in zip(photos, outs):
+                writer.put(job, photo, out)
+            if tiled:
+                writer.wait()
             if next_read is None and following is not None:
-                next_read = submit(read, following)
-        collect(0, 0)
+                next_read = start_reading(following)
+        writer.close()
+    except BaseException:
+        writer.close(cancel=True)
+        raise
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)  # e.g. Ctrl-C: finish the files being written, start no more
-    return ok, failed
+        if reader is not None:
+            reader.shutdown(wait=True, cancel_futures=True)
+    return counts["ok"], counts["failed"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,21 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         except VideoError as e:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
-    ready: list[Job] = []
-    seen_dst: set[Path] = set()
-    for job in jobs:
-        try:
-            output_format(job.dst)
-            if job.dst.resolve() in seen_dst:
-                raise ImageError(f"{job.src}: output {job.dst} would be written twice in this run")
-            if job.dst.exists() and not args.overwrite:
-                raise ImageError(f"{job.src}: output {job.dst} exists; not overwriting it (pass --overwrite to replace it)")
-            job.size = probe_image(job.src, int(args.max_pixels))
-            seen_dst.add(job.dst.resolve())
-            ready.append(job)
-        except ImageError as e:
-            print(f"error: {e}", file=sys.stderr)
-            failed += 1
+    ready, unusable = ready_jobs(jobs, args.overwrite, int(args.max_pixels))
+    for msg in unusable:
+        print(f"error: {msg}", file=sys.stderr)
+    failed += len(unusable)
 
     progress = Progress(len(ready), desc="stylising", enabled=False if args.quiet else None)
     with progress:

@@ -49,7 +49,7 @@ def test_wheel_carries_configs_and_models(wheel: Path) -> None:
     scripts = dict(
         (k.strip(), v.strip()) for k, v in (line.split("=") for line in zipfile.ZipFile(wheel).read(entry_points).decode().splitlines() if "=" in line)
     )
-    assert set(scripts) == {f"fastnst-{c}" for c in ("train", "apply", "export", "optimize", "evaluate")}
+    assert set(scripts) == {f"fastnst-{c}" for c in ("train", "apply", "batch-apply", "export", "optimize", "evaluate")}
     for target in scripts.values():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func)), target

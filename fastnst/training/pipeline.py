@@ -10,7 +10,6 @@ import io
 import logging
 import math
 import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,12 @@ from fastnst.net import TransformerNet
 from fastnst.training.data import PhotoDataModule
 from fastnst.training.module import StyleTransferModule
 from fastnst.training.progress import StepProgressBar
+from fastnst.training.quiet import quiet_lightning
 from fastnst.training.vgg import layer_names
 
 log = logging.getLogger("fastnst.train")
 
-# The VGG inside the loss is in eval mode on purpose; Lightning's notice about it is noise here.
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+quiet_lightning()
 
 VGG_ARCHS = ("vgg16", "vgg19")
 DECAYS = ("constant", "cosine")
