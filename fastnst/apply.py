@@ -293,8 +293,8 @@ def _stylize_images(runner: Stylizer, ready: list[Job], args: argparse.Namespace
         for i, batch in enumerate(batches):
             tiled, photos, errors = next_read.result()  # type: ignore[union-attr]
             following = batches[i + 1] if i + 1 < len(batches) else None
-            # Decode the next batch meanwhile, unless either is a huge (banded) photo: bounded memory first.
-            overlap = following is not None and not tiled and not runner.uses_tiles(following[0].size[1], following[0].size[0])  # type: ignore[index]
+            # Decode the next batch meanwhile (with threads), unless either is a huge (banded) photo: bounded memory first.
+            overlap = reader is not None and following is not None and not tiled and not runner.uses_tiles(following[0].size[1], following[0].size[0])  # type: ignore[index]
             next_read = start_reading(following) if overlap else None  # type: ignore[arg-type]
             for job, error in errors:
                 report(job, error)
