@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 import torch
 from torch.utils.data import DataLoader
 
@@ -170,15 +171,19 @@ def main(argv: list[str] | None = None) -> int:
     quiet_lightning()
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")  # --workers says how many
     warnings.filterwarnings("ignore", message=r".*predict returned None.*")  # on purpose: each step writes its file
-    trainer = pl.Trainer(
-        accelerator=args.accelerator,
-        devices=args.devices,
-        num_nodes=args.num_nodes,
-        strategy="auto",  # DDP whenever there is more than one device
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-    )
+    try:
+        trainer = pl.Trainer(
+            accelerator=args.accelerator,
+            devices=args.devices,
+            num_nodes=args.num_nodes,
+            strategy="auto",  # DDP whenever there is more than one device
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+        )
+    except (ValueError, MisconfigurationException) as e:  # e.g. --accelerator gpu without one
+        print(f"error: --accelerator {args.accelerator} --devices {args.devices}: {first_line(e, 300)}", file=sys.stderr)
+        return EXIT_USAGE
     module = StylizeModule(args)
     loader = DataLoader(_Photos(ready, int(args.max_pixels)), batch_size=None, num_workers=args.workers)  # one photo per step: sizes differ
     if ready:

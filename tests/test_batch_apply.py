@@ -62,6 +62,13 @@ def test_usage_errors_exit_2(model_file: Path, photos: Path, args: list[str], me
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_missing_accelerator_is_one_line(model_file: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert batch_apply.main(["-m", str(model_file), "-o", str(tmp_path / "o"), str(photos), "--accelerator", "gpu", "--devices", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --accelerator gpu --devices 2: ") and err.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
 def test_help() -> None:
     result = run_module("fastnst.batch_apply", "--help")
     assert result.returncode == 0 and "--devices" in result.stdout and "--num-nodes" in result.stdout and "examples:" in result.stdout
