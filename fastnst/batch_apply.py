@@ -31,7 +31,7 @@ from fastnst.apply import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, Job, WriteQueue
 from fastnst.hardware import PRECISIONS
 from fastnst.images import DEFAULT_MAX_PIXELS, ImageError, Photo, read_image
 from fastnst.model_file import ModelFileError, load_model
-from fastnst.stylize import TILE_PIXELS, Stylizer
+from fastnst.stylize import Stylizer, uses_tiles
 from fastnst.training.quiet import quiet_lightning
 from fastnst.video import VIDEO_EXTENSIONS
 
@@ -93,7 +93,7 @@ class _Photos:
 
     def __getitem__(self, i: int) -> _Item:
         job = self.jobs[i]
-        tiled = job.size[0] * job.size[1] > TILE_PIXELS  # type: ignore[index]  # Stylizer's own rule (tile=None)
+        tiled = uses_tiles(job.size[1], job.size[0])  # type: ignore[index]
         try:
             return _Item(job, tiled, read_image(job.src, self.max_pixels, as_uint8=tiled))
         except ImageError as e:

@@ -39,10 +39,16 @@ def select_device(device: str | torch.device | None = "auto") -> torch.device:
 #: Images with more pixels than this go through the banded runner (bounded memory; the same result, to the
 #: precision of its stored activations, below).
 TILE_PIXELS = 2048 * 2048
+
 #: fp32 runs store the banded runner's quarter-resolution activations in bf16 (half the memory, about 50 dB
 #: against fp32) once one of them would take more than this in fp32. At 3840x2160 (three such tensors of
 #: 265 MB in fp32) that took the fp32 path's peak RSS from 1510-1764 MiB to 1143-1257 MiB, at the same speed.
 FP32_STORAGE_BYTES = 128 << 20
+
+
+def uses_tiles(height: int, width: int, tile: bool | None = None) -> bool:
+    """Whether a photo runs in row bands: as ``tile`` says, or (None) when it has more than :data:`TILE_PIXELS`."""
+    return tile if tile is not None else height * width > TILE_PIXELS
 
 
 class Stylizer:
@@ -114,7 +120,7 @@ class Stylizer:
             self.compiled = torch.compile(copy.deepcopy(self.net).to(memory_format=torch.channels_last), dynamic=False)
 
     def uses_tiles(self, height: int, width: int) -> bool:
-        return self.tile if self.tile is not None else height * width > TILE_PIXELS
+        return uses_tiles(height, width, self.tile)
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
