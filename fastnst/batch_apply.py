@@ -164,8 +164,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     jobs, errors = plan_jobs(args.inputs, args.output, Path(args.model).stem)
-    errors += [f"{job.src}: videos are stylised by fastnst.apply, one process per video" for job in jobs if job.src.suffix.lower() in VIDEO_EXTENSIONS]
-    ready, unusable = ready_jobs([job for job in jobs if job.src.suffix.lower() not in VIDEO_EXTENSIONS], args.overwrite, int(args.max_pixels))
+    images: list[Job] = []
+    for job in jobs:
+        if job.src.suffix.lower() in VIDEO_EXTENSIONS:
+            errors.append(f"{job.src}: videos are stylised by fastnst.apply, one process per video")
+        else:
+            images.append(job)
+    ready, unusable = ready_jobs(images, args.overwrite, int(args.max_pixels))
     errors += unusable
 
     quiet_lightning()

@@ -67,8 +67,9 @@ class Stylizer:
     of compute capability 8.0 or newer in bf16 unless ``precision`` says otherwise. Inductor fuses the
     norms, pads and ReLUs between the convolutions: 2.34-2.42x the plain fp32 network on an H100 at 1080p,
     after 8-13 s of compiling for each new image size (docs/benchmarks.md). That pays for thousands of
-    same-size images when decoding and encoding keep up (a PNG folder on an H100 did not), not for a photo. A smaller last batch of an image size is padded to
-    that size's first batch, so it does not compile again. On CPUs it compiles the plain layers, which
+    same-size images when decoding and encoding keep up (a PNG folder on an H100 did not), not for a
+    photo. A smaller last batch of an image size is padded to that size's first batch, so it does not
+    compile again. On CPUs it compiles the plain layers, which
     fastnst's own CPU layers usually beat; the option is meant for GPUs.
     """
 

@@ -69,6 +69,14 @@ def test_missing_accelerator_is_one_line(model_file: Path, photos: Path, tmp_pat
     assert err.startswith("error: --accelerator gpu --devices 2: ") and err.count("\n") == 1 and not (tmp_path / "o").exists()
 
 
+def test_videos_are_left_to_apply(model_file: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    code = batch_apply.main(["-m", str(model_file), "-o", str(tmp_path / "o"), str(tmp_path / "clip.mp4"), str(photos / "p0.png"), "--accelerator", "cpu", "--devices", "1", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 1 and "clip.mp4: videos are stylised by fastnst.apply" in err and "1 ok, 1 failed" in err
+    assert (tmp_path / "o" / "p0.png").is_file() and not (tmp_path / "o" / "clip.mp4").exists()
+
+
 def test_help() -> None:
     result = run_module("fastnst.batch_apply", "--help")
     assert result.returncode == 0 and "--devices" in result.stdout and "--num-nodes" in result.stdout and "examples:" in result.stdout
