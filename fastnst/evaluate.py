@@ -2,10 +2,10 @@
 
     python -m fastnst.evaluate -m starry --photos coco128/val --size 512 --gatys 100 300 --json eval.json --grid grid.png
 
-For each photo (resized so its longer side is ``--size``): the model's content, style, TV and total
-loss under the model's own loss settings (the training loss module); with ``--gatys``, the same for
-Gatys et al. image optimisation at those L-BFGS iteration counts, the ratio model-total /
-Gatys-total, and the speed ratio. Prints a table, writes JSON and a sample grid
+For each photo (resized so its longer side is ``--size``): the model's content, style (also split by
+style layer), TV and total loss under the model's own loss settings (the training loss module); with
+``--gatys``, the same for Gatys et al. image optimisation at those L-BFGS iteration counts, the ratio
+model-total / Gatys-total, and the speed ratio. Prints a table, writes JSON and a sample grid
 (photo | model | Gatys at the largest count). The API is :func:`evaluate`.
 """
 
@@ -130,6 +130,7 @@ def _evaluate(
         "photos": len(photos),
         "precision": runner.plan.precision,
         "model_mean": {t: statistics.fmean(r["model"][t] for r in per_photo) for t in TERMS},
+        "model_style_by_layer": _style_by_layer(per_photo, "model"),
         "model_images_per_second": len(photos) / model_seconds if model_seconds else None,
         "artefacts_worst": {
             "checkerboard": max(r["artefacts"]["checkerboard"] for r in per_photo),
@@ -142,12 +143,19 @@ def _evaluate(
     for n in gatys or []:
         key = f"gatys{n}"
         result[f"{key}_mean"] = {t: statistics.fmean(r[key][t] for r in per_photo) for t in TERMS}
+        result[f"{key}_style_by_layer"] = _style_by_layer(per_photo, key)
         result[f"{key}_seconds_per_photo"] = statistics.fmean(r[key]["seconds"] for r in per_photo)
         result[f"ratio_total_model_over_{key}"] = result["model_mean"]["total"] / result[f"{key}_mean"]["total"]
         result[f"ratio_content_model_over_{key}"] = result["model_mean"]["content"] / result[f"{key}_mean"]["content"]
         result[f"speedup_over_{key}"] = result[f"{key}_seconds_per_photo"] * result["model_images_per_second"]
     result["_samples"] = samples
     return result
+
+
+def _style_by_layer(per_photo: list[dict[str, Any]], key: str) -> dict[str, float]:
+    """Mean style term of each style layer (weighted by its layer weight, not by beta; they sum to ``style``)."""
+    layers = [k for k in per_photo[0][key] if k.startswith("style/")]
+    return {k.removeprefix("style/"): statistics.fmean(r[key][k] for r in per_photo) for k in layers}
 
 
 def sample_grid(samples: list[list[torch.Tensor]], height: int = 256) -> torch.Tensor:
@@ -172,6 +180,12 @@ def format_table(result: dict[str, Any]) -> str:
     for key in [k[:-5] for k in result if k.startswith("gatys") and k.endswith("_mean")]:
         gm = result[f"{key}_mean"]
         lines.append(f"| Gatys L-BFGS {key[5:]} | {gm['content']:.4g} | {gm['style']:.4g} | {gm['tv']:.4g} | {gm['total']:.4g} | {result[f'{key}_seconds_per_photo']:.1f} |")
+    # Where the style term comes from: each layer's share of the total, as beta x its Gram error.
+    beta = result["loss_settings"]["beta"]
+    layers = list(result["model_style_by_layer"])
+    lines += ["", "| beta x style, by layer | " + " | ".join(layers) + " |", "|---|" + "---|" * len(layers)]
+    for key, label in [("model", "model"), *[(k[:-5], f"Gatys L-BFGS {k[5:-5]}") for k in result if k.startswith("gatys") and k.endswith("_mean")]]:
+        lines.append(f"| {label} | " + " | ".join(f"{beta * result[f'{key}_style_by_layer'][n]:.4g}" for n in layers) + " |")
     a = result["artefacts_worst"]
     lines.append(
         f"\nartefacts (worst photo): checkerboard peak {a['checkerboard']:.2f} (about 1 = none), "

@@ -2,6 +2,7 @@
 
     python -m fastnst.optimize --style starry -o out.png photo.jpg --size 512 --iterations 100
     python -m fastnst.optimize -m runs/starry/.../starry.pt -o out.png photo.jpg   # the model's loss settings
+    python -m fastnst.optimize --style starry --init noise -o out.png photo.jpg     # from white noise, as Gatys et al.
 
 Writes the image and, with ``--curve``, the total loss at every function evaluation (CSV).
 """
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=100, help="L-BFGS iterations or Adam steps (default: 100)")
     p.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs")
     p.add_argument("--lr", type=float, help="learning rate (default: 1 for L-BFGS, 0.05 for Adam)")
+    p.add_argument("--init", choices=("photo", "noise"), default="photo", help="start from the photo (default; the yardstick of fastnst.evaluate) or from white noise (Gatys et al.)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise for --init noise (default: 0)")
     p.add_argument("--weights", default=os.environ.get("FASTNST_VGG_WEIGHTS", "imagenet"), help="VGG weights: imagenet, a file, or random")
     p.add_argument("--curve", type=Path, help="write the loss curve here (CSV: evaluation, total)")
     p.add_argument("--overwrite", action="store_true")
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = loss_settings(meta, args.style, style_image=args.style_image, alpha=args.alpha, beta=args.beta, tv_weight=args.tv_weight)
         loss = build_reference_loss(settings, args.weights)
         photo = resize_long_side(read_image(args.photo).rgb, args.size)
-        images, curve, seconds = optimise_image(loss, photo[None], args.iterations, args.optimizer, args.lr)
+        images, curve, seconds = optimise_image(loss, photo[None], args.iterations, args.optimizer, args.lr, args.init, args.seed)
         out = images[args.iterations]
         write_image(out[0], args.output, overwrite=args.overwrite)
     except (ImageError, ModelFileError, StyleImageError, VGGWeightsError, ValueError) as e:

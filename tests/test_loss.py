@@ -189,6 +189,9 @@ def test_loss_terms_and_weighting_by_hand() -> None:
     torch.testing.assert_close(terms["content"], c)
     torch.testing.assert_close(terms["style"], s)
     torch.testing.assert_close(terms["total"], 2 * c + 3 * s + 5 * tv)
+    # Each style layer's weighted term is reported too (TensorBoard and fastnst.evaluate show where the style loss is).
+    torch.testing.assert_close(terms["style/relu2_2"], 0.5 * torch.mean((gram_matrix(fo["relu2_2"]) - loss.target_gram("relu2_2")) ** 2))
+    torch.testing.assert_close(terms["style/relu1_2"] + terms["style/relu2_2"], terms["style"])
     # The content photo reproduced exactly has zero content loss.
     assert loss(content, content)["content"].item() == 0.0
 

@@ -47,18 +47,39 @@ def test_adam_option_and_checkpoints(style_file: Path) -> None:
     assert score(loss, images[10], photo)["total"] < score(loss, photo, photo)["total"]
 
 
-def test_evaluate_api_and_cli(model_file: Path, tmp_path: Path, style_file: Path) -> None:
+def test_noise_init_starts_from_seeded_noise_and_lowers_the_loss(style_file: Path) -> None:
+    settings = loss_settings(None, "starry", style_image=str(style_file), beta=1e3, style_layers=LAYERS, style_image_size=32)
+    torch.manual_seed(0)
+    loss = build_reference_loss(settings, "random")
+    photo = torch.linspace(0.2, 0.8, 24).expand(1, 3, 24, 24).contiguous()  # smooth, so noise is far from it
+    from_photo = optimise_image(loss, photo, 8)[1]
+    a = optimise_image(loss, photo, 8, init="noise", seed=1)[1]
+    b = optimise_image(loss, photo, 8, init="noise", seed=1)[1]
+    c = optimise_image(loss, photo, 8, init="noise", seed=2)[1]
+    # the photo's own loss has no content term and little TV; noise starts far from it, the same noise for the same seed
+    assert a[0] > from_photo[0] and a == b and c[0] != a[0]
+    assert a[-1] < 0.75 * a[0]
+    with pytest.raises(ValueError, match="init must be photo or noise"):
+        optimise_image(loss, photo, 2, init="zeros")
+
+
+def test_evaluate_api_and_cli(model_file: Path, tmp_path: Path, style_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     photos = [make_photo(tmp_path / "val" / f"v{i}.jpg", (48, 36), seed=i) for i in range(2)]
     result = evaluate(str(model_file), photos, size=32, gatys=[5, 10], weights="random", style_image=str(style_file), precision="fp32", progress=False)
     assert result["photos"] == 2 and set(result["model_mean"]) == {"content", "style", "tv", "total"}
     assert result["gatys10_mean"]["total"] <= result["gatys5_mean"]["total"] * 1.001
     assert result["ratio_total_model_over_gatys10"] == pytest.approx(result["model_mean"]["total"] / result["gatys10_mean"]["total"])
     assert result["speedup_over_gatys10"] > 1
+    for key in ("model", "gatys10"):  # the style term, split by layer
+        assert set(result[f"{key}_style_by_layer"]) == set(LAYERS)
+        assert sum(result[f"{key}_style_by_layer"].values()) == pytest.approx(result[f"{key}_mean"]["style"], rel=1e-5)
     grid = sample_grid(result["_samples"], height=32)
     assert grid.shape[0] == 3 and grid.shape[1] == 2 * 32 + 4  # two rows of photo | model | Gatys
     out_json, out_grid = tmp_path / "e.json", tmp_path / "grid.png"
     code = evaluate_main(["-m", str(model_file), "--photos", str(tmp_path / "val"), "--size", "32", "--gatys", "5", "--weights", "random", "--style-image", str(style_file), "--json", str(out_json), "--grid", str(out_grid)])
     assert code == 0 and out_grid.is_file()
+    printed = capsys.readouterr().out
+    assert "| beta x style, by layer | " + " | ".join(LAYERS) + " |" in printed and "| Gatys L-BFGS 5 |" in printed
     data = json.loads(out_json.read_text())
     assert data["photos"] == 2 and "gatys5_mean" in data and data["loss_settings"]["beta"] == 1e3
     worst = data["artefacts_worst"]

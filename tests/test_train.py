@@ -32,7 +32,7 @@ def test_run_writes_checkpoints_events_and_model(trained_run: Path) -> None:
     events = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
-    for term in ("content", "style", "tv", "total"):
+    for term in ("content", "style", "tv", "total", "style/relu1_2"):
         assert f"train/{term}" in tags["scalars"]
         assert len(events.Scalars(f"train/{term}")) == 4
     assert "val/total" in tags["scalars"]

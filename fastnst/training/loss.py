@@ -160,7 +160,8 @@ class PerceptualLoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Loss terms for stylised ``output`` against photo ``content`` (both (N, 3, H, W) in [0, 1]).
 
-        Returns a dict with ``content``, ``style``, ``tv`` (unweighted) and ``total`` (weighted sum).
+        Returns a dict with ``content``, ``style``, ``tv`` (unweighted) and ``total`` (weighted sum), and
+        ``style/<layer>`` for each style layer (its weighted Gram error; these sum to ``style``).
         """
         if content_features is None:
             content_features = self.content_features(content)
@@ -169,12 +170,14 @@ class PerceptualLoss(nn.Module):
         zero = output.new_zeros((), dtype=torch.float32)
         c_loss = sum((content_mse(feats[n], content_features[n]) for n in self.content_layers), zero)
         s_loss = zero
+        by_layer: dict[str, torch.Tensor] = {}
         for name, weight in self.style_weights.items():
             g = gram_matrix(feats[name])
-            s_loss = s_loss + weight * F.mse_loss(g, self.target_gram(name).expand_as(g))
+            by_layer[f"style/{name}"] = term = weight * F.mse_loss(g, self.target_gram(name).expand_as(g))
+            s_loss = s_loss + term
         tv = total_variation(output)
         total = self.alpha * c_loss + self.beta * s_loss + self.tv_weight * tv
-        return {"content": c_loss, "style": s_loss, "tv": tv, "total": total}
+        return {"content": c_loss, "style": s_loss, "tv": tv, "total": total, **by_layer}
 
 
 def build_loss(

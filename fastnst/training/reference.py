@@ -94,8 +94,11 @@ def optimise_image(
     iterations: list[int] | int = 100,
     optimizer: str = "lbfgs",
     lr: float | None = None,
+    init: str = "photo",
+    seed: int = 0,
 ) -> tuple[dict[int, torch.Tensor], list[float], dict[int, float]]:
-    """Gatys et al.: optimise the image itself, from the photo, against ``loss``.
+    """Gatys et al.: optimise the image itself against ``loss``, from the photo (``init="photo"``, the
+    yardstick) or from uniform white noise (``init="noise"``, seeded by ``seed``; Gatys et al. 2016's start).
 
     The image is parametrised as ``sigmoid(z)`` so it stays in (0, 1), like a network's output.
     ``iterations`` may list checkpoints (e.g. ``[100, 300]``): one optimisation runs to the largest and
@@ -105,8 +108,14 @@ def optimise_image(
     marks = sorted({iterations} if isinstance(iterations, int) else set(iterations))
     if optimizer not in ("lbfgs", "adam"):
         raise ValueError(f"optimizer must be lbfgs or adam, got {optimizer!r}")
+    if init not in ("photo", "noise"):
+        raise ValueError(f"init must be photo or noise, got {init!r}")
     content = content.detach()
-    z = torch.logit(content.clamp(1e-3, 1 - 1e-3)).clone().requires_grad_(True)
+    start_image = content
+    if init == "noise":
+        noise = torch.rand(content.shape, generator=torch.Generator().manual_seed(seed))
+        start_image = noise.to(content.device, content.dtype)
+    z = torch.logit(start_image.clamp(1e-3, 1 - 1e-3)).clone().requires_grad_(True)
     with torch.no_grad():
         targets = loss.content_features(content)
     curve: list[float] = []
