@@ -322,7 +322,7 @@ def fit(cfg: Mapping[str, Any], run_dir: Path) -> Path | None:
     meta = model_metadata(cfg, trainer.global_step, seconds, precision, module.init_from)
     meta["skipped_images"] = module.skipped_images
     out = save_model(module.net, run_dir / f"{cfg['style']['name']}.pt", meta, half=bool(cfg.get("half_model", True)), overwrite=True)
-    log.info("final losses: %s", {k: round(float(v), 5) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+    log.info("final losses: %s", {k: float(f"{float(v):.5g}") for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
     if cfg.get("export"):
         dest = Path(cfg["export"]).expanduser()
         if dest.exists() and not cfg.get("overwrite"):
