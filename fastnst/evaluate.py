@@ -173,25 +173,26 @@ def sample_grid(samples: list[list[torch.Tensor]], height: int = 256) -> torch.T
 
 
 def format_table(result: dict[str, Any]) -> str:
+    gatys_keys = [k.removesuffix("_mean") for k in result if k.startswith("gatys") and k.endswith("_mean")]  # e.g. gatys100
     lines = ["| method | content | style | tv | total | s/photo |", "|---|---|---|---|---|---|"]
     mm = result["model_mean"]
     ips = result["model_images_per_second"]
     lines.append(f"| model ({result['precision']}) | {mm['content']:.4g} | {mm['style']:.4g} | {mm['tv']:.4g} | {mm['total']:.4g} | {1 / ips:.3f} |")
-    for key in [k[:-5] for k in result if k.startswith("gatys") and k.endswith("_mean")]:
+    for key in gatys_keys:
         gm = result[f"{key}_mean"]
         lines.append(f"| Gatys L-BFGS {key[5:]} | {gm['content']:.4g} | {gm['style']:.4g} | {gm['tv']:.4g} | {gm['total']:.4g} | {result[f'{key}_seconds_per_photo']:.1f} |")
     # Where the style term comes from: each layer's share of the total, as beta x its Gram error.
     beta = result["loss_settings"]["beta"]
     layers = list(result["model_style_by_layer"])
     lines += ["", "| beta x style, by layer | " + " | ".join(layers) + " |", "|---|" + "---|" * len(layers)]
-    for key, label in [("model", "model"), *[(k[:-5], f"Gatys L-BFGS {k[5:-5]}") for k in result if k.startswith("gatys") and k.endswith("_mean")]]:
+    for key, label in [("model", "model"), *[(k, f"Gatys L-BFGS {k[5:]}") for k in gatys_keys]]:
         lines.append(f"| {label} | " + " | ".join(f"{beta * result[f'{key}_style_by_layer'][n]:.4g}" for n in layers) + " |")
     a = result["artefacts_worst"]
     lines.append(
         f"\nartefacts (worst photo): checkerboard peak {a['checkerboard']:.2f} (about 1 = none), "
         f"border step {a['border_step']:.1f}/255, output range [{a['min']:.3f}, {a['max']:.3f}]"
     )
-    for key in [k[:-5] for k in result if k.startswith("gatys") and k.endswith("_mean")]:
+    for key in gatys_keys:
         lines.append(
             f"\nmodel / {key}: total {result[f'ratio_total_model_over_{key}']:.3f}, content {result[f'ratio_content_model_over_{key}']:.3f}, "
             f"model is {result[f'speedup_over_{key}']:.0f}x faster per photo"
