@@ -32,6 +32,7 @@ from fastnst.hardware import PRECISIONS
 from fastnst.images import DEFAULT_MAX_PIXELS, ImageError, Photo, read_image
 from fastnst.model_file import ModelFileError, load_model
 from fastnst.stylize import Stylizer, uses_tiles
+from fastnst.training.distributed import close_process_group
 from fastnst.training.quiet import quiet_lightning
 from fastnst.video import VIDEO_EXTENSIONS
 
@@ -145,17 +146,6 @@ class StylizeModule(pl.LightningModule):
         if error is not None:
             print(f"\nerror: {error}", file=sys.stderr)
         self.counts[0 if error is None else 1] += 1
-
-
-def close_process_group() -> None:
-    """Wait for every process, then close the process group that Lightning's DDP leaves open.
-
-    Left to the interpreter's exit, a gloo group's threads could see a peer that had already exited and abort
-    the process ("terminate called without an active exception", exit -6) after all its files were written:
-    1 run in 30 with two CPU processes."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ from fastnst.hardware import native_bf16_cpu, reuse_freed_memory
 from fastnst.model_file import ModelFileError, available_models, load_model, save_model
 from fastnst.net import TransformerNet
 from fastnst.training.data import PhotoDataModule
+from fastnst.training.distributed import close_process_group
 from fastnst.training.module import StyleTransferModule
 from fastnst.training.progress import StepProgressBar
 from fastnst.training.quiet import quiet_lightning
@@ -315,6 +316,7 @@ def fit(cfg: Mapping[str, Any], run_dir: Path) -> Path | None:
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
+    close_process_group()
     if not trainer.is_global_zero:
         return None
     if trainer.interrupted:
