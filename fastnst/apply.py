@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         type=Path,
-        help="output file (one input; its extension picks the format) or folder (an existing one, or a name without an extension, created); default: next to each input as NAME_MODEL.EXT",
+        help="output file (one input; its extension picks the format) or folder (an existing one, or a name without an extension, created); default: next to each input as NAME_MODEL.EXT (PNG for formats that cannot be written, such as GIF)",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ... (default: auto)")
     p.add_argument(
@@ -139,6 +139,12 @@ def output_problem(inputs: list[Path], output: Path | None) -> str | None:
     return None
 
 
+def derived_output(path: Path) -> Path:
+    """An output path made from an input's name: its own format where that can be written, else PNG
+    (a GIF is stylised to NAME_MODEL.png rather than refused)."""
+    return path if path.suffix.lower() in _OUTPUT_EXTENSIONS else path.with_suffix(".png")
+
+
 def plan_jobs(inputs: list[Path], output: Path | None, model_name: str) -> tuple[list[Job], list[str]]:
     """Pair every input image with its output path; returns (jobs, errors for inputs that are unusable)."""
     jobs: list[Job] = []
@@ -152,15 +158,16 @@ def plan_jobs(inputs: list[Path], output: Path | None, model_name: str) -> tuple
             for f in found:
                 rel = f.relative_to(src)
                 dst = (output / src.name / rel) if output is not None else f.with_name(f"{f.stem}_{model_name}{f.suffix}")
+                dst = derived_output(dst)
                 jobs.append(Job(f, dst))
         elif not src.exists():
             errors.append(f"{src}: no such file or folder")
         elif single_file_out:
             jobs.append(Job(src, output))  # type: ignore[arg-type]
         elif output is not None:
-            jobs.append(Job(src, output / src.name))
+            jobs.append(Job(src, derived_output(output / src.name)))
         else:
-            jobs.append(Job(src, src.with_name(f"{src.stem}_{model_name}{src.suffix}")))
+            jobs.append(Job(src, derived_output(src.with_name(f"{src.stem}_{model_name}{src.suffix}"))))
     return jobs, errors
 
 

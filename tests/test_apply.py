@@ -44,6 +44,15 @@ def test_default_output_is_next_to_the_input(model_file: Path, tmp_path: Path) -
     assert (tmp_path / "cat_tiny.jpg").is_file()
 
 
+def test_unwritable_input_format_becomes_png(model_file: Path, tmp_path: Path) -> None:
+    src = tmp_path / "clip.gif"
+    Image.open(make_photo(tmp_path / "cat.png")).convert("P").save(src)
+    assert main(["-q", "-m", str(model_file), str(src)]) == 0
+    assert Image.open(tmp_path / "clip_tiny.png").size == Image.open(src).size
+    assert main(["-q", "-m", str(model_file), "-o", str(tmp_path / "out"), str(src)]) == 0
+    assert (tmp_path / "out" / "clip.png").is_file()
+
+
 def test_never_overwrites_without_flag(model_file: Path, photo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "o.png"
     out.write_bytes(b"precious")
