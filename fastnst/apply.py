@@ -158,7 +158,6 @@ def plan_jobs(inputs: list[Path], output: Path | None, model_name: str) -> tuple
             for f in found:
                 rel = f.relative_to(src)
                 dst = (output / src.name / rel) if output is not None else f.with_name(f"{f.stem}_{model_name}{f.suffix}")
-                dst = derived_output(dst)
                 jobs.append(Job(f, dst))
         elif not src.exists():
             errors.append(f"{src}: no such file or folder")
