@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fastnst.model_file import load_model
-from fastnst.training.module import StyleTransferModule
+from fastnst.training.module import StyleTransferModule, dither_flat
 from fastnst.training.pipeline import ConfigError, validate
 from conftest import make_photo, run_module, tiny_train_args
 from test_configs import compose_plain
@@ -172,10 +172,10 @@ def test_init_from_auto_takes_a_shipped_model_of_another_style_with_this_network
 
     models = tmp_path / "models"
     sources = {}
-    for seed, style in enumerate(("starry", "wave")):
+    for seed, (name, style, width) in enumerate((("starry", "starry", 8), ("wave", "wave", 8), ("starry_johnson", "starry", 12), ("wave_johnson", "wave", 12))):
         torch.manual_seed(seed)
-        sources[style] = TransformerNet(8, 1)
-        save_model(sources[style], models / f"{style}.pt", {"style": style, "steps": 10 + seed})
+        sources[name] = TransformerNet(width, 1)
+        save_model(sources[name], models / f"{name}.pt", {"style": style, "steps": 10 + seed})
     monkeypatch.setenv("FASTNST_MODELS", str(models))  # searched before the shipped models
 
     def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -187,9 +187,49 @@ def test_init_from_auto_takes_a_shipped_model_of_another_style_with_this_network
     # Training starry itself starts from another style.
     assert auto_init(net, "starry") == {"model": "wave", "style": "wave", "steps": 11}
     assert same(net, sources["wave"])
+    # A wider network starts from a model with that network: starry_johnson, or wave_johnson for starry itself.
+    wide = TransformerNet(12, 1)
+    assert auto_init(wide, "udnie") == {"model": "starry_johnson", "style": "starry", "steps": 12}
+    assert same(wide, sources["starry_johnson"])
+    assert auto_init(wide, "starry") == {"model": "wave_johnson", "style": "wave", "steps": 13}
+    assert same(wide, sources["wave_johnson"])
     # No model with this network: the random weights stay.
     other = TransformerNet(4, 1)
     before = TransformerNet(4, 1)
     before.load_state_dict(other.state_dict())
     assert auto_init(other, "udnie") is None
     assert same(other, before)
+
+
+def test_dither_flat_touches_only_one_colour_crops() -> None:
+    photos = torch.rand(3, 3, 32, 32)
+    photos[1] = torch.tensor([1.0, 0.5, 0.0])[:, None, None]  # one colour (a white-background square, say)
+    out = dither_flat(photos, seed=7)
+    assert torch.equal(out[0], photos[0]) and torch.equal(out[2], photos[2])
+    assert 0.5 / 255 < float((out[1] - photos[1]).std()) < 2 / 255  # about one grey level
+    assert torch.equal(dither_flat(photos, seed=7), out)  # seeded: a resumed run sees the same pixels
+    assert dither_flat(torch.rand(2, 3, 8, 8), seed=0).shape == (2, 3, 8, 8)
+
+
+def _fit_on_one_colour_crops(style_file: Path) -> torch.optim.Optimizer:
+    import pytorch_lightning as pl
+
+    torch.manual_seed(0)
+    m = make_module(style_file, {"lr": 1e-3})
+    photos = torch.rand(2, 3, 32, 32)
+    photos[1] = 1.0  # a white square: instance norm's variance is exactly 0 at every layer
+    loader = torch.utils.data.DataLoader([(photos, torch.tensor(0))], batch_size=None)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(m, train_dataloaders=loader)
+    return trainer.optimizers[0]
+
+
+def test_one_colour_crops_do_not_freeze_or_break_training(style_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without the dither a white square's gradients blow up at every instance norm (1e27+ in the shipped networks,
+    # whose Adam moments then overflow to inf) and even this 7-norm toy's second moments jump by 10^14: the weights
+    # they belong to hardly move again (m / sqrt(v)). With it every moment stays ordinary.
+    state = _fit_on_one_colour_crops(style_file).state.values()
+    assert all(torch.isfinite(s["exp_avg_sq"]).all() and float(s["exp_avg_sq"].max()) < 1.0 for s in state)
+    monkeypatch.setattr("fastnst.training.module.dither_flat", lambda photos, seed: photos)
+    state = _fit_on_one_colour_crops(style_file).state.values()
+    assert max(float(s["exp_avg_sq"].max()) for s in state) > 1e6

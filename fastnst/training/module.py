@@ -23,6 +23,27 @@ def train_forward(net: TransformerNet, photos: torch.Tensor) -> torch.Tensor:
     return (training_view(net) if photos.device.type == "cpu" else net)(photos)
 
 
+# A crop whose every channel varies less than this (a quarter of a grey level) is flat: one colour.
+FLAT_STD = 1e-3
+
+
+def dither_flat(photos: torch.Tensor, seed: int) -> torch.Tensor:
+    """``photos`` with one grey level (1/255) of seeded noise added to each flat crop (one colour, e.g. a square cut
+    from a white studio background); other crops unchanged.
+
+    Instance norm divides by sqrt(var + eps); on a constant map var is 0, so its backward multiplies the gradient
+    by 1/sqrt(eps) = 316 at every norm layer: 1e27-1e29 at the encoder of the shipped networks. Adam's second
+    moment of such a gradient overflows to inf, which freezes those weights for the rest of the run (their update
+    is m/sqrt(inf) = 0), or makes them NaN. With a grey level of noise the gradients are ordinary (docs/training.md).
+    """
+    flat = photos.detach().flatten(2).std(-1).amax(1) < FLAT_STD
+    if not bool(flat.any()):
+        return photos
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(photos.shape, generator=g).to(photos.device, photos.dtype) / 255
+    return torch.where(flat[:, None, None, None], photos + noise, photos)
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stops before such weights are saved."""
 
@@ -118,7 +139,7 @@ class StyleTransferModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         photos, skipped = batch
-        photos = self._curriculum_crop(photos)
+        photos = dither_flat(self._curriculum_crop(photos), self.global_step)
         terms = self.loss(train_forward(self.net, photos), photos)
         self._check_finite(terms)
         self.skipped_images += int(skipped.sum())
