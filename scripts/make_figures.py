@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastnst.images import to_pil  # noqa: E402
+from fastnst.model_file import resolve_model  # noqa: E402
 from fastnst.stylize import Stylizer  # noqa: E402
 
 
@@ -85,7 +86,7 @@ def gallery(models: list[str], out: Path) -> None:
         to_pil(photo).save(out / f"{scene}.jpg", quality=88)
     for model in models:
         runner = Stylizer(model, "cpu", "fp32")
-        name = runner.metadata.get("name") or runner.metadata.get("style") or Path(model).stem
+        name = resolve_model(model).stem  # the model's file name: starry and starry_johnson get their own images
         for scene, photo in scenes.items():
             to_pil(runner(photo[None])[0]).save(out / f"{name}_{scene}.jpg", quality=88)
         print(f"wrote {out}/{name}_*.jpg")

@@ -116,3 +116,21 @@ def test_artefact_measures_flag_checkerboards_and_border_steps() -> None:
     assert border_step(darker_edge) > border_step(smooth) + 5
     a = artefacts(period2, smooth)
     assert a["checkerboard"] > 50 > a["checkerboard_photo"] and 0 <= a["min"] <= a["max"] <= 1
+
+
+def test_evaluate_finds_a_custom_styles_image_by_its_recorded_name(tmp_path: Path, style_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # trained with style=custom style.image=/somewhere/mine.png: no config, no URL; the metadata keeps the file name
+    meta = {"style": "mine", "style_image": "mine.png", "alpha": 1.0, "beta": 1e3, "tv_weight": 1.0, "content_layers": ["relu2_2"], "style_layers": LAYERS, "style_image_size": 48, "vgg": "vgg16"}
+    model = save_model(TransformerNet(8, 1), tmp_path / "mine.pt", meta)
+    make_photo(tmp_path / "val" / "v.jpg", (40, 32))
+    args = ["-m", str(model), "--photos", str(tmp_path / "val"), "--size", "32", "--weights", "random"]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("FASTNST_STYLE_DIR", str(tmp_path / "styles"))
+    assert evaluate_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the image of style 'mine' (mine.png) is not in FASTNST_STYLE_DIR") and err.endswith("pass --style-image /path/to/mine.png")
+    (tmp_path / "styles").mkdir()
+    (tmp_path / "styles" / "mine.png").write_bytes(style_file.read_bytes())
+    assert evaluate_main(args) == 0
+    assert "| model |" in capsys.readouterr().out
+    assert evaluate_main([*args, "--style-image", str(style_file)]) == 0  # an explicit file wins

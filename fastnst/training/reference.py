@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from fastnst.resources import CONFIG_DIR
 from fastnst.training.loss import PerceptualLoss, build_loss
-from fastnst.training.style import load_style_image, resolve_style_image
+from fastnst.training.style import StyleImageError, cache_dir, find_local, load_style_image, resolve_style_image
 
 DEFAULT_STYLE_LAYERS = {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}
 
@@ -57,6 +57,7 @@ def loss_settings(metadata: Mapping[str, Any] | None = None, style: str | None =
     settings = {
         "style": name,
         "style_image": None,
+        "style_file": meta.get("style_image"),  # the file name training recorded, for styles without a config here
         "style_url": cfg.get("url"),
         "style_sha256": cfg.get("sha256"),
         "style_image_size": meta.get("style_image_size", cfg.get("image_size", 512)),
@@ -83,7 +84,16 @@ def build_reference_loss(settings: Mapping[str, Any], weights: str, device: str 
         settings["tv_weight"],
         settings["luminance_only"],
     ).to(device)
-    path = resolve_style_image(settings.get("style_image"), settings.get("style_url"), settings.get("style_sha256"))
+    path = settings.get("style_image")
+    if not path and not settings.get("style_url"):
+        # a custom style (style.image=... at training): no URL to fetch, so look for the recorded file name
+        name = settings.get("style_file") or "painting.jpg"
+        path = find_local(name)
+        if path is None:
+            raise StyleImageError(
+                f"the image of style {settings['style']!r} ({name}) is not in FASTNST_STYLE_DIR or {cache_dir()}; pass --style-image /path/to/{name}"
+            )
+    path = resolve_style_image(path, settings.get("style_url"), settings.get("style_sha256"))
     loss.set_style(load_style_image(path, settings["style_image_size"]))
     return loss
 

@@ -61,6 +61,12 @@ def download(url: str, dest: Path, sha256: str | None, timeout: float = 60.0) ->
     return dest
 
 
+def find_local(filename: str) -> Path | None:
+    """``filename`` in the first of ``$FASTNST_STYLE_DIR``'s folders, then the download cache, that has it."""
+    folders = [Path(p) for p in os.environ.get("FASTNST_STYLE_DIR", "").split(os.pathsep) if p] + [cache_dir()]
+    return next((folder / filename for folder in folders if (folder / filename).is_file()), None)
+
+
 def resolve_style_image(image: str | None = None, url: str | None = None, sha256: str | None = None) -> Path:
     """Path of the style image for a style config; raises :class:`StyleImageError` with what to do."""
     if image:
@@ -71,15 +77,13 @@ def resolve_style_image(image: str | None = None, url: str | None = None, sha256
     if not url:
         raise StyleImageError("the style config sets neither style.image nor style.url; pass style.image=/path/to/painting.jpg")
     filename = os.path.basename(urlparse(url).path)
-    folders = [Path(p) for p in os.environ.get("FASTNST_STYLE_DIR", "").split(os.pathsep) if p] + [cache_dir()]
-    for folder in folders:
-        candidate = folder / filename
-        if candidate.is_file():
-            if sha256 is not None and sha256_of(candidate) != sha256.lower():
-                raise StyleImageError(
-                    f"{candidate} does not match the expected SHA-256 {sha256}; remove it, or pass style.image={candidate} to use it anyway"
-                )
-            return candidate
+    candidate = find_local(filename)
+    if candidate is not None:
+        if sha256 is not None and sha256_of(candidate) != sha256.lower():
+            raise StyleImageError(
+                f"{candidate} does not match the expected SHA-256 {sha256}; remove it, or pass style.image={candidate} to use it anyway"
+            )
+        return candidate
     try:
         return download(url, cache_dir() / filename, sha256)
     except (urllib.error.URLError, OSError, TimeoutError) as e:
