@@ -87,11 +87,13 @@ def build_reference_loss(settings: Mapping[str, Any], weights: str, device: str 
     path = settings.get("style_image")
     if not path and not settings.get("style_url"):
         # a custom style (style.image=... at training): no URL to fetch, so look for the recorded file name
-        name = settings.get("style_file") or "painting.jpg"
-        path = find_local(name)
+        name = settings.get("style_file")
+        path = find_local(name) if name else None
         if path is None:
+            shown = f" ({name})" if name else ""
             raise StyleImageError(
-                f"the image of style {settings['style']!r} ({name}) is not in FASTNST_STYLE_DIR or {cache_dir()}; pass --style-image /path/to/{name}"
+                f"the image of style {settings['style']!r}{shown} is not in FASTNST_STYLE_DIR or {cache_dir()}; "
+                f"pass --style-image /path/to/{name or 'painting.jpg'}"
             )
     path = resolve_style_image(path, settings.get("style_url"), settings.get("style_sha256"))
     loss.set_style(load_style_image(path, settings["style_image_size"]))
