@@ -59,9 +59,11 @@ def score_run(run_dir: Path, style: str, photos: list[Path], size: int, weights:
     from fastnst.model_file import load_model
 
     files = sorted((run_dir / "snapshots").glob("*.pt"), key=lambda p: float(p.stem.rstrip("s")))
+    # The run's own model: <style>.pt, or for style=custom the one named by style.name.
     final = run_dir / f"{style}.pt"
-    if final.exists():
-        files.append(final)
+    tops = [final] if final.exists() else sorted(run_dir.glob("*.pt"))
+    if len(tops) == 1:
+        files.append(tops[0])
     points = []
     for f in files:
         meta = load_model(f)[1]
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("--")
         argv, common = argv[:i], argv[i + 1 :]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--style", required=True, help="style config name (configs/style/)")
+    p.add_argument("--style", required=True, help="style config name (configs/style/); custom takes style.image=... style.name=... after --")
     p.add_argument("--minutes", type=float, default=30.0, help="training budget per recipe (default 30)")
     p.add_argument("--every", type=float, default=2.0, help="minutes between snapshots (default 2)")
     p.add_argument("--recipe", action="append", required=True, help="NAME=OVERRIDES (space-separated Hydra overrides; may be empty)")
@@ -223,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from fastnst.hardware import cpu_name
+    from fastnst.model_file import load_model
 
+    style = load_model(first)[1]["style"] if first else args.style  # custom: the name the run gave it
     machine = f"{cpu_name()}, {torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
-    print(f"\nstyle {args.style}, {len(photos)} held-out photos at {args.size} px, budget {args.minutes:g} min; {machine}")
+    print(f"\nstyle {style}, {len(photos)} held-out photos at {args.size} px, budget {args.minutes:g} min; {machine}")
     if gatys:
         print(f"Gatys L-BFGS {args.gatys}: total {gatys['total']:.4g}, content {gatys['content']:.4g}, style {gatys['style']:.4g}")
     print("| recipe | minutes | steps | content | style | tv | total | total / Gatys | content / Gatys |")
@@ -244,10 +248,10 @@ def main(argv: list[str] | None = None) -> int:
             s["minutes_to_yardstick"] = ok[0]["seconds"] / 60 if ok else None
         summary[name] = s
         print(f"{name}: " + ", ".join(f"{k} {v if not isinstance(v, float) else round(v, 2)}" for k, v in s.items() if k != "final"))
-    label = f"fastnst time to style: {args.style}, {len(photos)} held-out photos at {args.size} px; {machine}"
+    label = f"fastnst time to style: {style}, {len(photos)} held-out photos at {args.size} px; {machine}"
     plot(args.out / "curve.png", curves, gatys, args.minutes, label)
     result = {
-        "style": args.style, "minutes": args.minutes, "size": args.size, "photos": [p.name for p in photos], "machine": machine,
+        "style": style, "minutes": args.minutes, "size": args.size, "photos": [p.name for p in photos], "machine": machine,
         "recipes": recipes, "common_overrides": common, "wall_seconds": wall, f"gatys{args.gatys}": gatys, "summary": summary,
         "curves": {n: [{k: v for k, v in q.items() if k != "_samples"} for q in pts] for n, pts in curves.items()},
     }

@@ -123,9 +123,10 @@ def test_time_to_style_scores_snapshots_and_draws_the_curve(tmp_path: Path, phot
     gatys = {"size": 40, "per_photo": [{"photo": n, "gatys100": {"content": 1.0, "style": 1e-6, "tv": 0.01, "total": 1.2}} for n in names]}
     (tmp_path / "gatys.json").write_text(json.dumps(gatys))
     common = [a for a in tiny_train_args(tmp_path / "unused", photo_dir, style_file) if not a.startswith(("run_dir=", "trainer.max_steps=", "style=starry"))]
+    common.append("style.name=mine")  # a style of one's own: the run's model is mine.pt
     out = tmp_path / "tts"
     result = run_module(
-        "scripts.time_to_style", "--style", "starry", "--minutes", "0.12", "--every", "0.04", "--recipe", "base=", "--recipe", "fast=optim.lr=3e-3 optim.decay=cosine",
+        "scripts.time_to_style", "--style", "custom", "--minutes", "0.12", "--every", "0.04", "--recipe", "base=", "--recipe", "fast=optim.lr=3e-3 optim.decay=cosine",
         "--photos", str(held_out), "--size", "40", "--gatys-json", str(tmp_path / "gatys.json"), "--weights", "random",
         "--style-image", str(style_file), "--out", str(out), "--", *common,
     )
@@ -137,6 +138,7 @@ def test_time_to_style_scores_snapshots_and_draws_the_curve(tmp_path: Path, phot
         assert all(p["total"] > 0 and p["steps"] > 0 for p in points)
         assert [p["seconds"] for p in points] == sorted(p["seconds"] for p in points)
     assert data["gatys100"]["total"] == pytest.approx(1.2)
+    assert data["style"] == "mine" and all(pts[-1]["file"].endswith("mine.pt") for pts in data["curves"].values())
     assert "| base |" in result.stdout and "total / Gatys" in result.stdout
     assert Image.open(out / "curve.png").size[0] > 500
     events = list((out / "base" / "tensorboard").glob("events.*"))
