@@ -67,6 +67,9 @@ def score_run(run_dir: Path, style: str, photos: list[Path], size: int, weights:
     points = []
     for f in files:
         meta = load_model(f)[1]
+        if points and meta["steps"] == points[-1]["steps"]:  # the last snapshot holds the same weights
+            points[-1]["file"] = str(f)
+            continue
         r = evaluate(str(f), photos, size, None, weights, style_image, precision="fp32", progress=False)
         points.append({"file": str(f), "seconds": meta["train_seconds"], "steps": meta["steps"], **r["model_mean"], "_samples": r["_samples"]})
         print(f"  {f.name}: {meta['steps']} steps, {meta['train_seconds'] / 60:.1f} min, held-out total {r['model_mean']['total']:.4g} "
