@@ -71,7 +71,7 @@ def score_run(run_dir: Path, style: str, photos: list[Path], size: int, weights:
             points[-1]["file"] = str(f)
             continue
         r = evaluate(str(f), photos, size, None, weights, style_image, precision="fp32", progress=False)
-        points.append({"file": str(f), "seconds": meta["train_seconds"], "steps": meta["steps"], **r["model_mean"], "_samples": r["_samples"]})
+        points.append({"file": str(f), "style_name": meta["style"], "seconds": meta["train_seconds"], "steps": meta["steps"], **r["model_mean"], "_samples": r["_samples"]})
         print(f"  {f.name}: {meta['steps']} steps, {meta['train_seconds'] / 60:.1f} min, held-out total {r['model_mean']['total']:.4g} "
               f"(content {r['model_mean']['content']:.4g})", file=sys.stderr)
     return points
@@ -228,9 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from fastnst.hardware import cpu_name
-    from fastnst.model_file import load_model
 
-    style = load_model(first)[1]["style"] if first else args.style  # custom: the name the run gave it
+    style = curves[next(iter(recipes))][-1]["style_name"]  # for style=custom, the name the run gave it
     machine = f"{cpu_name()}, {torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
     print(f"\nstyle {style}, {len(photos)} held-out photos at {args.size} px, budget {args.minutes:g} min; {machine}")
     if gatys:
