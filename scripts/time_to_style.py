@@ -222,14 +222,15 @@ def main(argv: list[str] | None = None) -> int:
         if not curves[name]:
             raise SystemExit(f"error: {args.out / name} holds no snapshots or model to score")
         log_tensorboard(args.out / name, curves[name])
-    first = curves[next(iter(recipes))][-1]["file"] if curves and curves[next(iter(recipes))] else None
+    last = curves[next(iter(recipes))][-1]  # the first recipe's final model (every curve has one: checked above)
+    first = last["file"]
     gatys = None if args.no_gatys else gatys_level(args, photos, first)
 
     import torch
 
     from fastnst.hardware import cpu_name
 
-    style = curves[next(iter(recipes))][-1]["style_name"]  # for style=custom, the name the run gave it
+    style = last["style_name"]  # for style=custom, the name the run gave it
     machine = f"{cpu_name()}, {torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
     print(f"\nstyle {style}, {len(photos)} held-out photos at {args.size} px, budget {args.minutes:g} min; {machine}")
     if gatys:
