@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from fastnst.apply import default_io_threads  # noqa: E402
 from fastnst.hardware import cpu_flags, cpu_name, native_bf16_cpu, plan_for, reuse_freed_memory  # noqa: E402
 from fastnst.net import TransformerNet, count_flops  # noqa: E402
+from fastnst.fast_layers import fast_copy  # noqa: E402
 from fastnst.stylize import Stylizer  # noqa: E402
 
 FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
@@ -234,6 +235,13 @@ def section_inference(sizes: list[tuple[int, int]], repeats: int, peak: float, c
                 "psnr_db": psnr(out, ref),
             }
         )
+        if fast.plan.channels_last:  # the same network and dtype in NCHW, the layout used before on every CPU
+            nchw = fast_copy(fast.net, channels_last=False)
+            xd = x.to(fast.plan.dtype)
+            with torch.inference_mode():
+                t_nchw = timed(lambda: nchw(xd).float(), repeats)
+                y_nchw = nchw(xd).float()
+            rows.append(base | {"path": f"fastnst {precision} ({fast.plan.precision}), NCHW instead of channels_last", **t_nchw, "gflops": flops / t_nchw["median_s"] / 1e9, "speedup": t_plain["median_s"] / t_nchw["median_s"], "psnr_db": psnr(y_nchw, ref)})
         if h * w <= 2048 * 2048:
             tiled = Stylizer(net, "cpu", precision, tile=True)
             t_tiled = timed(lambda: tiled(x), max(1, repeats // 2))

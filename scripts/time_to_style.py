@@ -93,7 +93,8 @@ def log_tensorboard(run_dir: Path, points: list[dict[str, Any]]) -> None:
     writer.close()
 
 
-def gatys_level(args: argparse.Namespace, photos: list[Path], first_model: str | None) -> dict[str, float] | None:
+def gatys_level(args: argparse.Namespace, photos: list[Path], first_model: str) -> dict[str, float]:
+    """Mean Gatys-``args.gatys`` terms on ``photos``: read from ``--gatys-json``, else computed with ``first_model``'s loss."""
     key = f"gatys{args.gatys}"
     if args.gatys_json:
         data = json.loads(Path(args.gatys_json).read_text())
@@ -104,8 +105,6 @@ def gatys_level(args: argparse.Namespace, photos: list[Path], first_model: str |
         if missing:
             raise SystemExit(f"error: {args.gatys_json} has no {key} result for {', '.join(missing)}")
         return {t: sum(rows[p.name][t] for p in photos) / len(photos) for t in TERMS}
-    if first_model is None:
-        return None
     from fastnst.evaluate import evaluate
 
     r = evaluate(first_model, photos, args.size, [args.gatys], args.weights, args.style_image)

@@ -4,7 +4,15 @@ import pytest
 import torch
 from torch import nn
 
-from fastnst.fast_layers import PadInDtypeConv2d, PhaseConv2d, SubpixelUpsampleConv, fast_copy, fast_decoder, training_view
+from fastnst.fast_layers import (
+    PadInDtypeConv2d,
+    PhaseConv2d,
+    SingleImageInstanceNorm,
+    SubpixelUpsampleConv,
+    fast_copy,
+    fast_decoder,
+    training_view,
+)
 from fastnst.net import TransformerNet
 
 
@@ -35,6 +43,43 @@ def test_fast_copy_equals_the_network_and_leaves_it_alone() -> None:
         x = torch.rand(shape)
         with torch.no_grad():
             torch.testing.assert_close(fast(x), net(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channels_last_fast_copy_equals_the_network(dtype: torch.dtype) -> None:
+    # The layout CPUs with AMX run (fastnst.hardware): same values, and activations stay channels_last to the end.
+    torch.manual_seed(0)
+    net = TransformerNet(8, 2).eval()
+    with torch.no_grad():  # trained-looking norms, so that a wrong scale or shift would show
+        for m in net.modules():
+            if isinstance(m, nn.InstanceNorm2d):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.3, 0.3)
+    fast = fast_copy(net, channels_last=True).eval()
+    assert any(isinstance(m, SingleImageInstanceNorm) for m in fast.modules())
+    assert not any(isinstance(m, SingleImageInstanceNorm) for m in net.modules())  # the source is left alone
+    layouts: list[bool] = []
+    fast.decoder[0][0].register_forward_hook(lambda m, i, o: layouts.append(o.is_contiguous(memory_format=torch.channels_last) and not o.is_contiguous()))
+    for shape in ((1, 3, 32, 48), (2, 3, 21, 9)):
+        x = torch.rand(shape)
+        with torch.no_grad():
+            ref = net(x)
+            out = fast.to(dtype)(x.to(dtype).contiguous(memory_format=torch.channels_last)).float()
+        tol = 1e-5 if dtype == torch.float32 else 0.03
+        torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+    assert layouts == [True, True]  # the upsampling rewrite kept the layout (no copy back to NCHW)
+
+
+def test_single_image_instance_norm_equals_instance_norm() -> None:
+    torch.manual_seed(0)
+    norm = nn.InstanceNorm2d(5, affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-1, 1)
+    x = torch.randn(3, 5, 7, 6) * 4 + 2
+    with torch.no_grad():
+        for layout in (torch.contiguous_format, torch.channels_last):
+            torch.testing.assert_close(SingleImageInstanceNorm(norm)(x.contiguous(memory_format=layout)), norm(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="affine"):
+        SingleImageInstanceNorm(nn.InstanceNorm2d(5))
 
 
 def test_training_view_shares_weights_and_gives_the_same_gradients() -> None:

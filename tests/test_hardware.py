@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from fastnst.hardware import ExecutionPlan, native_bf16_cpu, plan_for, reuse_freed_memory
+from fastnst.hardware import ExecutionPlan, amx_cpu, native_bf16_cpu, plan_for, reuse_freed_memory
 from fastnst.net import TransformerNet
 from fastnst.stylize import Stylizer
 
@@ -29,6 +29,19 @@ def test_chooser_uses_bf16_only_where_native(monkeypatch: pytest.MonkeyPatch) ->
     assert plan_for(CPU, "bf16", AVX2_ONLY).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="unknown precision 'int4'"):
         plan_for(CPU, "int4")
+
+
+def test_channels_last_only_where_onednn_may_use_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    # AMX Xeon: 2.4x in bf16, 1.15x in fp32 (docs/benchmarks.md); NCHW stays where it was measured best (Zen 4).
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    assert amx_cpu(SAPPHIRE_RAPIDS) and not amx_cpu(ZEN4) and not amx_cpu(AVX2_ONLY)
+    assert plan_for(CPU, "auto", SAPPHIRE_RAPIDS).channels_last and "channels_last" in plan_for(CPU, "auto", SAPPHIRE_RAPIDS).reason
+    assert plan_for(CPU, "fp32", SAPPHIRE_RAPIDS).channels_last  # the layout follows the CPU, not the precision
+    assert not plan_for(CPU, "auto", ZEN4).channels_last and not plan_for(CPU, "auto", AVX2_ONLY).channels_last
+    for cap, allowed in (("AVX512_CORE_BF16", False), ("avx2", False), ("AVX512_CORE_AMX", True), ("ALL", True)):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert amx_cpu(SAPPHIRE_RAPIDS) == allowed, cap
 
 
 def test_chooser_follows_a_onednn_isa_cap(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,6 +98,24 @@ def test_fast_path_matches_fp32(precision: str) -> None:
     fast = Stylizer(net, "cpu", precision)(x)
     assert fast.dtype == torch.float32 and fast.shape == ref.shape
     assert _psnr(fast, ref) >= 40
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_stylizer_gives_the_same_image_in_either_layout(monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
+    # The layout is the machine's choice (channels_last on AMX); the picture must not depend on it.
+    import importlib
+
+    st = importlib.import_module("fastnst.stylize")  # the module (the package's `stylize` is the function)
+    net = _trained_looking_net()
+    x = torch.rand(2, 3, 40, 56)
+    outs = {}
+    for channels_last in (False, True):
+        monkeypatch.setattr(st, "plan_for", lambda device, precision, compiled=False, cl=channels_last: ExecutionPlan(device, {"fp32": torch.float32, "bf16": torch.bfloat16}[precision], "test", cl))
+        runner = Stylizer(net, "cpu", precision, tile=False)
+        assert runner.plan.channels_last == channels_last
+        outs[channels_last] = runner(x)
+        assert outs[channels_last].is_contiguous() and outs[channels_last].shape == x.shape
+    assert _psnr(outs[True], outs[False]) >= (80 if precision == "fp32" else 40)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
