@@ -238,7 +238,7 @@ def fast_copy(net: TransformerNet, channels_last: bool = False) -> TransformerNe
     """A copy of ``net`` for inference with the decoder's upsample+conv pairs and final conv rewritten.
 
     ``channels_last=True`` also stores its weights channels_last and normalises with
-    :class:`SingleImageInstanceNorm`, for channels_last inputs (2.4x in bf16 on an AMX Xeon, docs/benchmarks.md).
+    :class:`SingleImageInstanceNorm`, for channels_last inputs (2.5x in bf16 on an AMX Xeon, docs/benchmarks.md).
     """
     fast = copy.deepcopy(net)
     fast.decoder = fast_decoder(fast.decoder)

@@ -14,7 +14,7 @@ The rule, measured rather than assumed (see ``scripts/bench.py`` and ``docs/benc
 * CPUs with AMX (Intel Xeon, Sapphire Rapids and later): channels_last activations for the one-pass
   network, in any precision. oneDNN's AMX convolutions read and write channels-last blocks, so an NCHW
   network spent over half of its time converting every activation to that layout and back; in
-  channels_last it ran 2.4x faster in bf16 and 1.15x in fp32 at 512x384 (docs/benchmarks.md). Other CPUs
+  channels_last it ran 2.5x faster in bf16 (512x512 and 1080p) and 1.15x in fp32 (docs/benchmarks.md). Other CPUs
   keep NCHW, the layout measured fastest on a Zen 4.
 
 Every choice can be overridden (``precision=`` in the API, ``--precision`` on the CLI).

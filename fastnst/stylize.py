@@ -110,7 +110,7 @@ class Stylizer:
         # A private copy in the plan's dtype: weights cast once, not on every call (the caller's net is untouched).
         self.net = copy.deepcopy(net).to(self.device, self.plan.dtype).eval()
         # Exact rewrites of the decoder's slow layers for the one-pass path on CPUs (1.2-1.4x; fastnst.fast_layers),
-        # in channels_last where the plan says so (CPUs with AMX: 2.4x in bf16).
+        # in channels_last where the plan says so (CPUs with AMX: 2.5x in bf16).
         self.fast_net = fast_copy(self.net, self.plan.channels_last) if self.device.type == "cpu" and not compile else self.net
         self._layout = torch.channels_last if self.fast_net is not self.net and self.plan.channels_last else torch.contiguous_format
         if self.device.type == "cpu":

@@ -32,7 +32,7 @@ def test_chooser_uses_bf16_only_where_native(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_channels_last_only_where_onednn_may_use_amx(monkeypatch: pytest.MonkeyPatch) -> None:
-    # AMX Xeon: 2.4x in bf16, 1.15x in fp32 (docs/benchmarks.md); NCHW stays where it was measured best (Zen 4).
+    # AMX Xeon: 2.5x in bf16, 1.15x in fp32 (docs/benchmarks.md); NCHW stays where it was measured best (Zen 4).
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     assert amx_cpu(SAPPHIRE_RAPIDS) and not amx_cpu(ZEN4) and not amx_cpu(AVX2_ONLY)
