@@ -115,11 +115,14 @@ class Stylizer:
         self._layout = torch.channels_last if self.fast_net is not self.net and self.plan.channels_last else torch.contiguous_format
         if self.device.type == "cpu":
             reuse_freed_memory()  # no page faults for each large activation (fastnst.hardware; 1.6x at 1080p)
-        self.tiled = TiledRunner(self.net, band_rows=band_rows, compact_storage_bytes=FP32_STORAGE_BYTES)
+        # The banded runner shares self.net's weights, channels_last too where the plan says so (CPUs with AMX).
+        if self.plan.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.tiled = TiledRunner(self.net, band_rows=band_rows, compact_storage_bytes=FP32_STORAGE_BYTES, channels_last=self.plan.channels_last)
         self.compiled: Any = None
         self._compiled_batch: dict[tuple[int, int], int] = {}  # per image size, the batch size compiled first
         if compile:
-            # A separate channels_last copy: the banded runner keeps the NCHW weights it was built for.
+            # A separate channels_last copy: the banded runner keeps the weights it was built for.
             self.compiled = torch.compile(copy.deepcopy(self.net).to(memory_format=torch.channels_last), dynamic=False)
 
     def uses_tiles(self, height: int, width: int) -> bool:

@@ -20,6 +20,10 @@ bands that touch a border are not padded there by us, but by the layers, exactly
 
 Peak memory is the stored 1/4-resolution activations (three buffers of 4C x H/4 x W/4) plus one
 band's workspace, instead of the many full-resolution activations of a plain forward pass.
+
+With ``channels_last=True`` (what :class:`~fastnst.stylize.Stylizer` picks on CPUs with AMX, see
+:mod:`fastnst.hardware`) every stored tensor and band is channels_last; a band of rows of a channels_last
+tensor is one contiguous block, so no layer converts layouts.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ class TiledRunner:
             tensors instead of three and computes its second convolution twice (stats, then output).
         compact_storage_bytes: above this size of one stored tensor in ``storage_dtype``, store in bf16
             instead (half the memory of fp32, about 50 dB against it); ``None``: never.
+        channels_last: run on channels_last activations (``net``'s conv weights should be channels_last too).
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class TiledRunner:
         compute_dtype: torch.dtype | None = None,
         low_memory_bytes: int = 256 << 20,
         compact_storage_bytes: int | None = None,
+        channels_last: bool = False,
     ) -> None:
         if band_rows is not None and (band_rows < 16 or band_rows % 16):
             raise ValueError("band_rows must be a positive multiple of 16")
@@ -116,6 +122,7 @@ class TiledRunner:
         self.band_rows = band_rows or 256
         self.low_memory_bytes = low_memory_bytes
         self.compact_storage_bytes = compact_storage_bytes
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
         param = next(net.parameters())
         self.device = param.device
         self.compute_dtype = compute_dtype or param.dtype
@@ -140,7 +147,7 @@ class TiledRunner:
     def _banded_conv(self, src: torch.Tensor, conv: nn.Conv2d, stats: _Stats) -> torch.Tensor:
         """conv over a stored (1, C, h, w) tensor band by band into a new stored tensor; gathers stats."""
         rows = src.shape[2]
-        out = torch.empty((1, conv.out_channels, rows, src.shape[3]), dtype=self.storage_dtype, device=self.device)
+        out = torch.empty((1, conv.out_channels, rows, src.shape[3]), dtype=self.storage_dtype, device=self.device, memory_format=self.layout)
         band = max(1, self.band_rows // 4)
         for start, stop, lo, hi in _bands(rows, band, _RESIDUAL_HALO):
             y = conv(src[:, :, lo:hi].to(self.compute_dtype))[:, :, start - lo : stop - lo]
@@ -167,9 +174,9 @@ class TiledRunner:
         for target in range(3):
             stats = _Stats(blocks[target][1].out_channels, self.device)
             if target == 2:
-                stored = torch.empty((1, blocks[2][1].out_channels, rows // 4, x.shape[3] // 4), dtype=self.storage_dtype, device=self.device)
+                stored = torch.empty((1, blocks[2][1].out_channels, rows // 4, x.shape[3] // 4), dtype=self.storage_dtype, device=self.device, memory_format=self.layout)
             for start, stop, lo, hi in _bands(rows, self.band_rows, _ENCODER_HALO):
-                h = x[:, :, lo:hi].to(self.device, self.compute_dtype)
+                h = x[:, :, lo:hi].to(self.device, self.compute_dtype).contiguous(memory_format=self.layout)
                 if x.dtype == torch.uint8:
                     h = h / 255
                 for i, (_, conv, _norm) in enumerate(blocks[: target + 1]):

@@ -36,6 +36,24 @@ def test_tiled_equals_untiled_fp32(size: tuple[int, int], band_rows: int, global
     assert (out - ref).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("global_skip", [False, True])
+def test_tiled_channels_last_equals_tiled_nchw(dtype: torch.dtype, global_skip: bool) -> None:
+    # The layout CPUs with AMX run (fastnst.hardware): the same picture, uint8 output included.
+    net = _net(global_skip).to(dtype)
+    cl_net = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    x = torch.rand(3, 70, 90)
+    ref = TiledRunner(net, band_rows=16)(x)
+    runner = TiledRunner(cl_net, band_rows=16, channels_last=True)
+    out = runner(x)
+    tol = 1e-5 if dtype == torch.float32 else 0.02
+    assert out.shape == x.shape and (out - ref).abs().max() < tol
+    with torch.inference_mode():
+        assert (runner(x) - net.float()(x[None])[0]).abs().max() < (1e-5 if dtype == torch.float32 else 0.05)
+    u8 = runner(x, out=torch.empty(3, 70, 90, dtype=torch.uint8))
+    assert (u8.float() - ref * 255).abs().max() <= (1.0 if dtype == torch.float32 else 6.0)
+
+
 def test_naive_tiles_would_show_seams() -> None:
     """Why whole-image statistics matter: per-tile instance norm changes the picture visibly."""
     net = _net()
