@@ -112,7 +112,7 @@ class Stylizer:
         # Exact rewrites of the decoder's slow layers for the one-pass path on CPUs (1.2-1.4x; fastnst.fast_layers),
         # in channels_last where the plan says so (CPUs with AMX: 2.5x in bf16).
         self.fast_net = fast_copy(self.net, self.plan.channels_last) if self.device.type == "cpu" and not compile else self.net
-        self._layout = torch.channels_last if self.fast_net is not self.net and self.plan.channels_last else torch.contiguous_format
+        self._layout = torch.channels_last if self.plan.channels_last and not compile else torch.contiguous_format
         if self.device.type == "cpu":
             reuse_freed_memory()  # no page faults for each large activation (fastnst.hardware; 1.6x at 1080p)
         # The banded runner shares self.net's weights, channels_last too where the plan says so (CPUs with AMX).
