@@ -37,9 +37,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from fastnst.apply import default_io_threads  # noqa: E402
+from fastnst.fast_layers import fast_copy  # noqa: E402
 from fastnst.hardware import cpu_flags, cpu_name, native_bf16_cpu, plan_for, reuse_freed_memory  # noqa: E402
 from fastnst.net import TransformerNet, count_flops  # noqa: E402
-from fastnst.fast_layers import fast_copy  # noqa: E402
 from fastnst.stylize import Stylizer  # noqa: E402
 
 FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
@@ -236,7 +236,7 @@ def section_inference(sizes: list[tuple[int, int]], repeats: int, peak: float, c
             }
         )
         if fast.plan.channels_last:  # the same network and dtype in NCHW, the layout used before on every CPU
-            nchw = fast_copy(fast.net, channels_last=False)
+            nchw = fast_copy(fast.net, channels_last=False).to(memory_format=torch.contiguous_format)  # fast.net is channels_last
             xd = x.to(fast.plan.dtype)
             with torch.inference_mode():
                 t_nchw = timed(lambda: nchw(xd).float(), repeats)
