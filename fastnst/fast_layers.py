@@ -109,7 +109,7 @@ class _Interleave(torch.autograd.Function):
         n, o4, h1, w1 = y.shape
         o, h, w = o4 // 4, h1 - 1, w1 - 1
         ctx.y_shape = y.shape
-        if _channels_last(y):  # keep the layout: an NCHW result would be copied back by the next layer
+        if is_channels_last(y):  # keep the layout: an NCHW result would be copied back by the next layer
             out = torch.empty((n, h, 2, w, 2, o), dtype=y.dtype, device=y.device)
             y_hwc = y.permute(0, 2, 3, 1)  # a view of the channels_last storage
             for k, (a, b) in enumerate(_PHASES):
@@ -131,7 +131,7 @@ class _Interleave(torch.autograd.Function):
         return grad_y
 
 
-def _channels_last(x: torch.Tensor) -> bool:
+def is_channels_last(x: torch.Tensor) -> bool:
     """Stored channels_last (and not also NCHW-contiguous, as tensors with one channel or pixel are)."""
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 

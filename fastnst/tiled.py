@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastnst.fast_layers import PhaseConv2d, SubpixelUpsampleConv
+from fastnst.fast_layers import PhaseConv2d, SubpixelUpsampleConv, is_channels_last
 from fastnst.images import to_uint8
 from fastnst.net import ConvBlock, ResidualBlock, TransformerNet, pad_for_network, photo_logit
 
@@ -53,13 +53,28 @@ class _Stats:
         self.count = 0
 
     def add(self, x: torch.Tensor) -> None:
-        # A few rows at a time, reduced in float32 straight from x's dtype (no float copy: 3.9x faster in bf16),
-        # totals in float64.
-        for r in range(0, x.shape[2], 16):
-            chunk = x[:, :, r : r + 16]
-            self.sum += chunk.sum(dim=(0, 2, 3), dtype=torch.float32)
-            self.sq += torch.linalg.vector_norm(chunk, 2, dim=(0, 2, 3), dtype=torch.float32).double().square()
-        self.count += x.shape[0] * x.shape[2] * x.shape[3]
+        n = x.shape[0] * x.shape[2] * x.shape[3]
+        if n == 0:
+            return
+        if is_channels_last(x):
+            # Sums over dims (0, 2, 3) of a channels_last band are slow (they were a third of the banded runtime
+            # on an AMX Xeon); batch norm's statistics kernel is 3-9x faster there: the band's mean and variance in
+            # float32 straight from x's dtype (float32 weight and bias make it the mixed-type kernel).
+            ones = torch.ones(x.shape[1], dtype=torch.float32, device=x.device)
+            _, mean, invstd = torch.native_batch_norm(x, ones, torch.zeros_like(ones), None, None, True, 0.0, 0.0)
+            invstd = invstd.double()
+            var = torch.where(invstd > 0, invstd.pow(-2), 0.0)  # with eps 0 the kernel gives a constant channel invstd 0
+            mean = mean.double()
+            self.sum += n * mean
+            self.sq += n * (var + mean * mean)
+        else:
+            # NCHW: a few rows at a time, reduced in float32 straight from x's dtype (no float copy: 3.9x faster in
+            # bf16; faster here than the batch-norm kernel, which also writes an output).
+            for r in range(0, x.shape[2], 16):
+                chunk = x[:, :, r : r + 16]
+                self.sum += chunk.sum(dim=(0, 2, 3), dtype=torch.float32)
+                self.sq += torch.linalg.vector_norm(chunk, 2, dim=(0, 2, 3), dtype=torch.float32).double().square()
+        self.count += n
 
     def affine(self, norm: nn.InstanceNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift) so that ``x * scale + shift`` is the instance norm with these statistics."""

@@ -8,7 +8,7 @@ import torch
 
 from fastnst.net import TransformerNet
 from fastnst.stylize import Stylizer
-from fastnst.tiled import TiledRunner
+from fastnst.tiled import TiledRunner, _Stats
 
 
 def _net(global_skip: bool = False) -> TransformerNet:
@@ -21,6 +21,26 @@ def _net(global_skip: bool = False) -> TransformerNet:
     if global_skip:  # a trained change, not the zero one of a new network
         torch.nn.init.normal_(net.decoder[-1].weight, std=0.02)
     return net
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_band_statistics_match_float64(dtype: torch.dtype, layout: torch.memory_format) -> None:
+    # The whole-image statistics gathered band by band: a large mean over a small spread (cancellation in
+    # E[x^2] - mean^2), a constant channel, and bands of different heights, in both layouts the runner uses.
+    torch.manual_seed(0)
+    x = (torch.randn(1, 6, 70, 33) * 0.5 + 3).to(dtype)
+    x[:, 2] = 1.25
+    stats = _Stats(6, x.device)
+    for start, stop in ((0, 16), (16, 48), (48, 70), (70, 70)):
+        stats.add(x[:, :, start:stop].contiguous(memory_format=layout))
+    xd = x.double()
+    mean = stats.sum / stats.count
+    var = stats.sq / stats.count - mean * mean
+    assert stats.count == 70 * 33
+    torch.testing.assert_close(mean, xd.mean((0, 2, 3)), rtol=0, atol=1e-5)
+    torch.testing.assert_close(var, xd.var((0, 2, 3), correction=0), rtol=2e-3, atol=1e-6)
+    assert abs(float(var[2])) < 1e-6
 
 
 @pytest.mark.parametrize("size", [(200, 150), (37, 61), (5, 3), (130, 131)])
