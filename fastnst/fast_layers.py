@@ -12,10 +12,11 @@
   of them idle). An earlier form convolved the 2x2 space-to-depth of the input; this one needs no
   rearranged copy of the input and ran 1.4x faster (73 vs 103 ms at 1080p, 16 channels, bf16).
 
-* :class:`SingleImageInstanceNorm` is instance norm computed as batch norm of one image at a time. For
-  channels_last activations (:func:`fast_copy` with ``channels_last=True``, chosen on CPUs)
-  ``F.instance_norm`` first copies its input to NCHW for its (1, N * C, H, W) view; batch norm of a
-  single image reads the channels_last tensor where it lies.
+* :class:`SingleImageInstanceNorm` is instance norm computed as batch norm of one image at a time, forward
+  and backward. For channels_last activations (:func:`fast_copy` with ``channels_last=True`` and
+  :func:`training_view` with ``channels_last=True``, chosen on CPUs) ``F.instance_norm`` first copies its
+  input to NCHW for its (1, N * C, H, W) view; batch norm of a single image reads the channels_last tensor
+  where it lies.
 
 The first two hold only re-arranged copies of the original weights; ``tests/test_fast_layers.py`` checks
 that every rewrite matches the layers it replaces, in both memory layouts.
@@ -136,8 +137,49 @@ def is_channels_last(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
+class _PerImageBatchNorm(torch.autograd.Function):
+    """Batch norm of each image of ``x`` alone (= instance norm), forward and backward, into one output.
+
+    ``torch.native_batch_norm`` and its backward read a channels_last image where it lies (``F.instance_norm``
+    copies to NCHW first); a float32 weight with a bf16 ``x`` (autocast) takes the mixed-type kernels: float32
+    statistics, bf16 output. Each image's result is written into its slice of one tensor (no ``torch.cat``).
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
+        out = torch.empty_like(x)
+        means, invstds = [], []
+        for i in range(len(x)):
+            _, mean, invstd = torch.ops.aten.native_batch_norm.out(
+                x[i : i + 1], weight, bias, None, None, True, 0.0, eps,
+                out=out[i : i + 1], save_mean=weight.new_empty(0), save_invstd=weight.new_empty(0),
+            )  # fmt: skip
+            means.append(mean)
+            invstds.append(invstd)
+        ctx.save_for_backward(x, weight, torch.stack(means), torch.stack(invstds))
+        ctx.eps = eps  # type: ignore[attr-defined]
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        x, weight, means, invstds = ctx.saved_tensors  # type: ignore[attr-defined]
+        grad = grad.contiguous(memory_format=torch.channels_last if is_channels_last(x) else torch.contiguous_format)
+        grad_x = torch.empty_like(x)
+        grad_w, grad_b = torch.zeros_like(weight), torch.zeros_like(weight)
+        for i in range(len(x)):
+            _, gw, gb = torch.ops.aten.native_batch_norm_backward.out(
+                grad[i : i + 1], x[i : i + 1], weight, None, None, means[i], invstds[i], True, ctx.eps, [True, True, True],  # type: ignore[attr-defined]
+                out0=grad_x[i : i + 1], out1=torch.empty_like(weight), out2=torch.empty_like(weight),
+            )  # fmt: skip
+            grad_w += gw
+            grad_b += gb
+        return grad_x, grad_w, grad_b, None
+
+
 class SingleImageInstanceNorm(nn.Module):
-    """``InstanceNorm2d(affine=True)`` (sharing its parameters) as batch norm of each image alone (inference)."""
+    """``InstanceNorm2d(affine=True)`` (sharing its parameters) as batch norm of each image alone.
+
+    For channels_last activations: inference (:func:`fast_copy`) and training steps (:func:`training_view`)."""
 
     def __init__(self, norm: nn.InstanceNorm2d) -> None:
         super().__init__()
@@ -146,11 +188,8 @@ class SingleImageInstanceNorm(nn.Module):
         self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        def norm(img: torch.Tensor) -> torch.Tensor:
-            return F.batch_norm(img, None, None, self.weight, self.bias, training=True, eps=self.eps)
-
         # The statistics of a batch of one image are that image's per-channel statistics.
-        return norm(x) if len(x) == 1 else torch.cat([norm(x[i : i + 1]) for i in range(len(x))])
+        return _PerImageBatchNorm.apply(x, self.weight, self.bias, self.eps)  # type: ignore[no-any-return]
 
 
 class PhaseConv2d(_Rewrite):
@@ -217,10 +256,12 @@ def _shared_copy(module: nn.Module, replace: Callable[[nn.Module], nn.Module | N
     return clone
 
 
-def training_view(net: TransformerNet) -> TransformerNet:
+def training_view(net: TransformerNet, channels_last: bool = False) -> TransformerNet:
     """``net`` for training steps on CPUs: the same parameters (gradients reach them), the decoder in its
     rewritten form (:func:`fast_decoder` with ``trainable=True``) and every padded conv padding in the
-    input's dtype under autocast. Same function, same gradients, less time (docs/benchmarks.md)."""
+    input's dtype under autocast. ``channels_last=True``: for channels_last inputs, instance norm as
+    :class:`SingleImageInstanceNorm` (no copy to NCHW and back). Same function, same gradients, less time
+    (docs/benchmarks.md)."""
 
     def replace(m: nn.Module) -> nn.Module | None:
         if isinstance(m, _Rewrite):
@@ -229,6 +270,8 @@ def training_view(net: TransformerNet) -> TransformerNet:
             return _shared_copy(fast_decoder(m, trainable=True), replace)
         if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
             return PadInDtypeConv2d(m)
+        if channels_last and isinstance(m, nn.InstanceNorm2d):
+            return SingleImageInstanceNorm(m)
         return None
 
     return _shared_copy(net, replace)  # type: ignore[return-value]

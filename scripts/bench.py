@@ -421,10 +421,10 @@ def vgg16_features(vgg_weights: str | None) -> nn.Sequential:
 
 def training_steps(
     features: nn.Sequential, weights: str, style: torch.Tensor, batch: torch.Tensor, repeats: int,
-    variants: list[tuple[str, bool, bool] | tuple[str, bool, bool, bool | str]], timer: Callable[..., dict[str, float]] = timed,
+    variants: list[tuple[Any, ...]], timer: Callable[..., dict[str, float]] = timed,
     strict_fp32_too: bool = False,
 ) -> list[dict[str, Any]]:
-    """Time the plain fp32 step, then fastnst's step for each ``(name, bf16 autocast, channels_last[, compiled])``.
+    """Time the plain fp32 step, then fastnst's step for each ``(name, bf16 autocast, channels_last[, compiled[, network_channels_last]])``.
 
     Plain: fp32 eager, both images through VGG to relu4_3, as in pytorch/examples. fastnst: the training
     module's loss and forward (Grams once, the photo only to relu2_2 and without grad, no VGG grads; on CPUs
@@ -465,6 +465,7 @@ def training_steps(
                      "speedup": t_plain["median_s"] / t_strict["median_s"], "loss_same_batch": loss0_p})
     for name, bf16, channels_last, *rest in variants:
         compiled = rest[0] if rest else False  # True, or a torch.compile mode such as "reduce-overhead"
+        net_layout_cl = rest[1] if len(rest) > 1 else True  # False: the CPU training step's network in NCHW (before)
         net_f = trained_like_net().train().to(dev)
         loss_f = build_loss("vgg16", weights, ["relu2_2"], {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}, 1.0, 1e5, 10.0).to(dev)
         loss_f.set_style(style)
@@ -474,11 +475,11 @@ def training_steps(
             xb = batch.contiguous(memory_format=torch.channels_last)
         opt_f = torch.optim.Adam(net_f.parameters(), 1e-3)
         with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            loss0_f = loss_f(train_forward(net_f, xb), xb)["total"].item()
+            loss0_f = loss_f(train_forward(net_f, xb, net_layout_cl), xb)["total"].item()
 
         def forward_loss() -> torch.Tensor:
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                return loss_f(train_forward(net_f, xb), xb)["total"]
+                return loss_f(train_forward(net_f, xb, net_layout_cl), xb)["total"]
 
         mode = compiled if isinstance(compiled, str) else None
         step_loss = torch.compile(forward_loss, dynamic=False, mode=mode) if compiled else forward_loss
@@ -514,7 +515,9 @@ def section_training(repeats: int, vgg_weights: str | None, forced: str = "auto"
     style = torch.rand(1, 3, 256, 256)
     batch = torch.rand(4, 3, 256, 256)
     precision = resolve_precision("32-true" if forced == "fp32" else "auto", "cpu")
-    variants = [(f"fastnst ({precision})", precision.startswith("bf16"), False)]
+    bf16 = precision.startswith("bf16")
+    # The second row: the transformer's activations in NCHW, as before channels_last training steps (docs/benchmarks.md).
+    variants = [(f"fastnst ({precision})", bf16, False), (f"fastnst ({precision}), network in NCHW", bf16, False, False, False)]
     return training_steps(vgg16_features(vgg_weights), vgg_weights or "random", style, batch, repeats, variants)
 
 

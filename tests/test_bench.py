@@ -99,7 +99,7 @@ def test_compiled_training_row_matches_eager(tmp_path, monkeypatch: pytest.Monke
     import fastnst.training.module as module
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    monkeypatch.setattr(module, "train_forward", lambda net, photos: net(photos))
+    monkeypatch.setattr(module, "train_forward", lambda net, photos, channels_last=True: net(photos))
     batch = torch.rand(2, 3, 32, 32)
     variants = [("eager", False, False), ("compiled", False, False, True)]
     rows = bench.training_steps(bench.vgg16_features(None), "random", torch.rand(1, 3, 32, 32), batch, 1, variants)

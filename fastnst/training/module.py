@@ -16,11 +16,15 @@ from fastnst.training.progress import time_budget
 from fastnst.training.style import load_style_image, resolve_style_image
 
 
-def train_forward(net: TransformerNet, photos: torch.Tensor) -> torch.Tensor:
-    """``net(photos)`` for a training step. On CPUs through :func:`fastnst.fast_layers.training_view`: the
-    same weights and gradients, about 1.5x faster forward and backward for the network (docs/benchmarks.md);
-    GPUs run the plain layers (the rewrite is unmeasured there)."""
-    return (training_view(net) if photos.device.type == "cpu" else net)(photos)
+def train_forward(net: TransformerNet, photos: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+    """``net(photos)`` for a training step. On CPUs through :func:`fastnst.fast_layers.training_view`, on
+    channels_last activations unless ``channels_last=False``: the same weights and gradients, a faster forward
+    and backward for the network (docs/benchmarks.md). GPUs run the plain layers (the rewrite is unmeasured there)."""
+    if photos.device.type != "cpu":
+        return net(photos)
+    if channels_last:
+        photos = photos.contiguous(memory_format=torch.channels_last)
+    return training_view(net, channels_last)(photos)
 
 
 # A crop whose every channel varies less than this (a quarter of a grey level) is flat: one colour.
