@@ -11,12 +11,13 @@ The rule, measured rather than assumed (see ``scripts/bench.py`` and ``docs/benc
   about 2x the float32 speed of the same machine.
 * Any other CPU (e.g. AVX2-only): float32. bf16 there is emulated and several times *slower*,
   so it is never chosen automatically.
-* Every CPU: channels_last activations, in any precision. oneDNN's convolutions read and write channels-last
-  blocks, so an NCHW network converts every activation to that layout and back. On an AMX Xeon that was over
-  half of the time: channels_last ran 2.5x faster in bf16 (512x512 and 1080p) and 1.15x in fp32. With oneDNN,
-  MKL and ATen capped at AVX2 (an AVX2-only laptop CPU) or at AVX512_CORE_BF16 (a Zen 4) on that Xeon it ran
-  1.07-1.20x faster in fp32 and 1.06x in bf16 (docs/benchmarks.md). NCHW was measured faster on a real Zen 4
-  before instance norm and the upsampling rewrite stopped converting channels_last activations to NCHW.
+* x86 CPUs with AVX2 or newer: channels_last activations, in any precision, for inference and for training
+  steps. oneDNN's convolutions read and write channels-last blocks, so an NCHW network converts every activation
+  to that layout and back. On an AMX Xeon that was over half of the time: channels_last ran 2.5x faster in bf16
+  (512x512 and 1080p) and 1.15x in fp32. With oneDNN, MKL and ATen capped at AVX2 (an AVX2-only laptop CPU) or
+  at AVX512_CORE_BF16 (a Zen 4) on that Xeon it ran 1.07-1.20x faster in fp32 and 1.06x in bf16
+  (docs/benchmarks.md). NCHW was measured faster on a real Zen 4 before instance norm and the upsampling rewrite
+  stopped converting channels_last activations to NCHW. Other CPUs (Arm, or no flags to read) keep NCHW: unmeasured.
 
 Every choice can be overridden (``precision=`` in the API, ``--precision`` on the CLI).
 
@@ -90,6 +91,13 @@ def native_bf16_cpu(flags: frozenset[str] | None = None) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}) and onednn_isa_cap() not in _ONEDNN_ISAS_WITHOUT_BF16
 
 
+def channels_last_cpu(flags: frozenset[str] | None = None) -> bool:
+    """Whether this CPU runs the network on channels_last activations: x86 with AVX2 or newer (oneDNN's kernels
+    measured there, see above); NCHW elsewhere."""
+    flags = cpu_flags() if flags is None else flags
+    return "avx2" in flags
+
+
 @dataclass(frozen=True)
 class ExecutionPlan:
     """How to run the network: on ``device`` with weights and activations in ``dtype``.
@@ -102,7 +110,7 @@ class ExecutionPlan:
     device: torch.device
     dtype: torch.dtype
     reason: str
-    channels_last: bool = False  # run the network on channels_last activations (CPUs)
+    channels_last: bool = False  # run the network on channels_last activations (x86 CPUs with AVX2 or newer)
 
     @property
     def precision(self) -> str:
@@ -131,11 +139,13 @@ def plan_for(device: torch.device, precision: str = "auto", flags: frozenset[str
             return ExecutionPlan(device, torch.float32, "CUDA (Ampere or newer): fp32 with TF32 convolutions")
         return ExecutionPlan(device, torch.float16, "CUDA before Ampere: fp16")
     flags = cpu_flags() if flags is None else flags
+    cl = channels_last_cpu(flags)
+    layout = ", channels_last" if cl else ""
     if precision != "auto":
-        return ExecutionPlan(device, _DTYPES[precision], f"CPU: {precision} (forced), channels_last", True)
+        return ExecutionPlan(device, _DTYPES[precision], f"CPU: {precision} (forced){layout}", cl)
     if native_bf16_cpu(flags):
-        return ExecutionPlan(device, torch.bfloat16, "CPU with native bf16: bf16, channels_last", True)
-    return ExecutionPlan(device, torch.float32, "CPU without native bf16: fp32 (emulated bf16 would be slower), channels_last", True)
+        return ExecutionPlan(device, torch.bfloat16, f"CPU with native bf16: bf16{layout}", cl)
+    return ExecutionPlan(device, torch.float32, f"CPU without native bf16: fp32 (emulated bf16 would be slower){layout}", cl)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameters (malloc.h)

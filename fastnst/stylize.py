@@ -110,12 +110,12 @@ class Stylizer:
         # A private copy in the plan's dtype: weights cast once, not on every call (the caller's net is untouched).
         self.net = copy.deepcopy(net).to(self.device, self.plan.dtype).eval()
         # Exact rewrites of the decoder's slow layers for the one-pass path on CPUs (1.2-1.4x; fastnst.fast_layers),
-        # in channels_last where the plan says so (CPUs: 2.5x in bf16 on an AMX Xeon, 1.06-1.20x capped at AVX2 or AVX-512).
+        # in channels_last where the plan says so (x86 CPUs: 2.5x in bf16 on an AMX Xeon, 1.06-1.20x capped at AVX2 or AVX-512).
         self.fast_net = fast_copy(self.net, self.plan.channels_last) if self.device.type == "cpu" and not compile else self.net
         self._layout = torch.channels_last if self.plan.channels_last and not compile else torch.contiguous_format
         if self.device.type == "cpu":
             reuse_freed_memory()  # no page faults for each large activation (fastnst.hardware; 1.6x at 1080p)
-        # The banded runner shares self.net's weights, channels_last too where the plan says so (CPUs).
+        # The banded runner shares self.net's weights, channels_last too where the plan says so (x86 CPUs).
         if self.plan.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.tiled = TiledRunner(self.net, band_rows=band_rows, compact_storage_bytes=FP32_STORAGE_BYTES, channels_last=self.plan.channels_last)

@@ -21,7 +21,7 @@ bands that touch a border are not padded there by us, but by the layers, exactly
 Peak memory is the stored 1/4-resolution activations (three buffers of 4C x H/4 x W/4) plus one
 band's workspace, instead of the many full-resolution activations of a plain forward pass.
 
-With ``channels_last=True`` (what :class:`~fastnst.stylize.Stylizer` picks on CPUs, see
+With ``channels_last=True`` (what :class:`~fastnst.stylize.Stylizer` picks on x86 CPUs, see
 :mod:`fastnst.hardware`) every stored tensor and band is channels_last; a band of rows of a channels_last
 tensor is one contiguous block, so no layer converts layouts.
 """

@@ -465,7 +465,7 @@ def training_steps(
                      "speedup": t_plain["median_s"] / t_strict["median_s"], "loss_same_batch": loss0_p})
     for name, bf16, channels_last, *rest in variants:
         compiled = rest[0] if rest else False  # True, or a torch.compile mode such as "reduce-overhead"
-        net_layout_cl = rest[1] if len(rest) > 1 else True  # False: the CPU training step's network in NCHW (before)
+        net_layout_cl = rest[1] if len(rest) > 1 else None  # False: the CPU training step's network in NCHW (before); None: the module's choice
         net_f = trained_like_net().train().to(dev)
         loss_f = build_loss("vgg16", weights, ["relu2_2"], {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}, 1.0, 1e5, 10.0).to(dev)
         loss_f.set_style(style)

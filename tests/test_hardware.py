@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from fastnst.hardware import ExecutionPlan, native_bf16_cpu, plan_for, reuse_freed_memory
+from fastnst.hardware import ExecutionPlan, channels_last_cpu, native_bf16_cpu, plan_for, reuse_freed_memory
 from fastnst.net import TransformerNet
 from fastnst.stylize import Stylizer
 
@@ -15,6 +15,7 @@ AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"})
 AVX512_NO_BF16 = AVX2_ONLY | {"avx512f", "avx512bw", "avx512vl"}  # Skylake-X: bf16 would be emulated
 ZEN4 = AVX512_NO_BF16 | {"avx512_bf16"}
 SAPPHIRE_RAPIDS = AVX512_NO_BF16 | {"amx_bf16", "amx_tile"}
+ARM_BF16 = frozenset({"fp", "asimd", "sve", "bf16"})  # /proc/cpuinfo "Features" of an Arm CPU with bf16
 
 
 def test_chooser_uses_bf16_only_where_native(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,17 +32,19 @@ def test_chooser_uses_bf16_only_where_native(monkeypatch: pytest.MonkeyPatch) ->
         plan_for(CPU, "int4")
 
 
-def test_cpu_plans_run_channels_last(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_x86_cpu_plans_run_channels_last(monkeypatch: pytest.MonkeyPatch) -> None:
     # AMX Xeon: 2.5x in bf16, 1.15x in fp32; capped at AVX2 or AVX512_CORE_BF16: 1.06-1.20x (docs/benchmarks.md).
+    # Arm, or a machine whose flags cannot be read: NCHW (unmeasured).
     for cap in (None, "avx2", "AVX512_CORE_BF16"):
         if cap is None:
             monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
         else:
             monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
-        for flags in (SAPPHIRE_RAPIDS, ZEN4, AVX2_ONLY, AVX512_NO_BF16):
+        for flags, expected in ((SAPPHIRE_RAPIDS, True), (ZEN4, True), (AVX2_ONLY, True), (AVX512_NO_BF16, True), (ARM_BF16, False), (frozenset(), False)):
+            assert channels_last_cpu(flags) == expected
             for precision in ("auto", "fp32", "bf16"):
                 plan = plan_for(CPU, precision, flags)
-                assert plan.channels_last and "channels_last" in plan.reason, (cap, flags, precision)
+                assert plan.channels_last == expected and ("channels_last" in plan.reason) == expected, (cap, flags, precision)
 
 
 def test_chooser_follows_a_onednn_isa_cap(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -10,18 +11,27 @@ import torch
 from torchvision.utils import make_grid
 
 from fastnst.fast_layers import training_view
+from fastnst.hardware import channels_last_cpu
 from fastnst.net import TransformerNet
 from fastnst.training.loss import TERMS, PerceptualLoss, build_loss
 from fastnst.training.progress import time_budget
 from fastnst.training.style import load_style_image, resolve_style_image
 
 
-def train_forward(net: TransformerNet, photos: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+@functools.lru_cache(maxsize=1)
+def _cpu_channels_last() -> bool:
+    return channels_last_cpu()
+
+
+def train_forward(net: TransformerNet, photos: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
     """``net(photos)`` for a training step. On CPUs through :func:`fastnst.fast_layers.training_view`, on
-    channels_last activations unless ``channels_last=False``: the same weights and gradients, a faster forward
-    and backward for the network (docs/benchmarks.md). GPUs run the plain layers (the rewrite is unmeasured there)."""
+    channels_last activations where :func:`fastnst.hardware.channels_last_cpu` says so (``channels_last``
+    forces it either way): the same weights and gradients, a faster forward and backward for the network
+    (docs/benchmarks.md). GPUs run the plain layers (the rewrite is unmeasured there)."""
     if photos.device.type != "cpu":
         return net(photos)
+    if channels_last is None:
+        channels_last = _cpu_channels_last()
     if channels_last:
         photos = photos.contiguous(memory_format=torch.channels_last)
     return training_view(net, channels_last)(photos)
