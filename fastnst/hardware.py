@@ -11,13 +11,16 @@ The rule, measured rather than assumed (see ``scripts/bench.py`` and ``docs/benc
   about 2x the float32 speed of the same machine.
 * Any other CPU (e.g. AVX2-only): float32. bf16 there is emulated and several times *slower*,
   so it is never chosen automatically.
-* x86 CPUs with AVX2 or newer: channels_last activations, in any precision, for inference and for training
-  steps. oneDNN's convolutions read and write channels-last blocks, so an NCHW network converts every activation
+* x86 CPUs with AVX2 or newer: channels_last activations, in any precision, for inference. oneDNN's convolutions read and write channels-last blocks, so an NCHW network converts every activation
   to that layout and back. On an AMX Xeon that was over half of the time: channels_last ran 2.5x faster in bf16
   (512x512 and 1080p) and 1.15x in fp32. With oneDNN, MKL and ATen capped at AVX2 (an AVX2-only laptop CPU) or
   at AVX512_CORE_BF16 (a Zen 4) on that Xeon it ran 1.07-1.20x faster in fp32 and 1.06x in bf16
   (docs/benchmarks.md). NCHW was measured faster on a real Zen 4 before instance norm and the upsampling rewrite
-  stopped converting channels_last activations to NCHW. Other CPUs (Arm, or no flags to read) keep NCHW: unmeasured.
+  stopped converting channels_last activations to NCHW. On a real AVX2-only CPU (Zen 2) inference ran 1.08-1.11x
+  faster channels_last. Other CPUs (Arm, or no flags to read) keep NCHW: unmeasured.
+* Training steps (the network's forward and backward): channels_last only on x86 CPUs with native bf16 (1.13-1.31x
+  per step on an AMX Xeon; 1.02-1.07x capped at AVX512_CORE_BF16). On the real Zen 2 the NCHW network was faster:
+  4-6% per step at 128x128, 6-12% at 256x256 (docs/benchmarks.md), so AVX2-only CPUs train it in NCHW.
 
 Every choice can be overridden (``precision=`` in the API, ``--precision`` on the CLI).
 
@@ -96,6 +99,13 @@ def channels_last_cpu(flags: frozenset[str] | None = None) -> bool:
     measured there, see above); NCHW elsewhere."""
     flags = cpu_flags() if flags is None else flags
     return "avx2" in flags
+
+
+def channels_last_training_cpu(flags: frozenset[str] | None = None) -> bool:
+    """Whether CPU training steps run the network on channels_last activations: x86 with native bf16 (AMX, AVX-512
+    BF16), where it was faster; NCHW on AVX2-only CPUs, where it was faster (see above), and elsewhere."""
+    flags = cpu_flags() if flags is None else flags
+    return channels_last_cpu(flags) and native_bf16_cpu(flags)
 
 
 @dataclass(frozen=True)

@@ -135,9 +135,9 @@ def test_training_view_shares_weights_and_gives_the_same_gradients(channels_last
 
 
 def test_cpu_training_steps_run_the_network_channels_last() -> None:
-    # What the LightningModule calls: channels_last where fastnst.hardware says so (x86 with AVX2 or newer: 1.13x per
+    # What the LightningModule calls: channels_last where fastnst.hardware says so (x86 with native bf16: 1.13x per
     # step at 128x128, 1.31x at 256x256 in bf16 on an AMX Xeon; docs/benchmarks.md); the same values either way.
-    from fastnst.hardware import channels_last_cpu
+    from fastnst.hardware import channels_last_training_cpu
     from fastnst.training.module import train_forward
 
     torch.manual_seed(0)
@@ -147,4 +147,4 @@ def test_cpu_training_steps_run_the_network_channels_last() -> None:
     assert is_channels_last(y_cl) and y_nchw.is_contiguous()
     torch.testing.assert_close(y_cl, y_nchw, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(y_cl, net(x), atol=1e-5, rtol=1e-4)
-    assert is_channels_last(train_forward(net, x)) == channels_last_cpu()
+    assert is_channels_last(train_forward(net, x)) == channels_last_training_cpu()

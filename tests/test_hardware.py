@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from fastnst.hardware import ExecutionPlan, channels_last_cpu, native_bf16_cpu, plan_for, reuse_freed_memory
+from fastnst.hardware import ExecutionPlan, channels_last_cpu, channels_last_training_cpu, native_bf16_cpu, plan_for, reuse_freed_memory
 from fastnst.net import TransformerNet
 from fastnst.stylize import Stylizer
 
@@ -45,6 +45,17 @@ def test_x86_cpu_plans_run_channels_last(monkeypatch: pytest.MonkeyPatch) -> Non
             for precision in ("auto", "fp32", "bf16"):
                 plan = plan_for(CPU, precision, flags)
                 assert plan.channels_last == expected and ("channels_last" in plan.reason) == expected, (cap, flags, precision)
+
+
+def test_cpu_training_runs_the_network_channels_last_only_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    # AMX Xeon: 1.13-1.31x per step; capped at AVX512_CORE_BF16: 1.02-1.07x. A real AVX2-only Zen 2: NCHW 4-12%
+    # faster, and an AVX2 cap on the Xeon agreed (docs/benchmarks.md). Arm: NCHW (unmeasured).
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    for flags, expected in ((SAPPHIRE_RAPIDS, True), (ZEN4, True), (AVX2_ONLY, False), (AVX512_NO_BF16, False), (ARM_BF16, False), (frozenset(), False)):
+        assert channels_last_training_cpu(flags) == expected, flags
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")  # how bench.py stands in for an AVX2-only CPU
+    assert not channels_last_training_cpu(SAPPHIRE_RAPIDS) and not channels_last_training_cpu(ZEN4)
 
 
 def test_chooser_follows_a_onednn_isa_cap(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ import torch
 from torchvision.utils import make_grid
 
 from fastnst.fast_layers import training_view
-from fastnst.hardware import channels_last_cpu
+from fastnst.hardware import channels_last_training_cpu
 from fastnst.net import TransformerNet
 from fastnst.training.loss import TERMS, PerceptualLoss, build_loss
 from fastnst.training.progress import time_budget
@@ -20,12 +20,12 @@ from fastnst.training.style import load_style_image, resolve_style_image
 
 @functools.lru_cache(maxsize=1)
 def _cpu_channels_last() -> bool:
-    return channels_last_cpu()
+    return channels_last_training_cpu()
 
 
 def train_forward(net: TransformerNet, photos: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
     """``net(photos)`` for a training step. On CPUs through :func:`fastnst.fast_layers.training_view`, on
-    channels_last activations where :func:`fastnst.hardware.channels_last_cpu` says so (``channels_last``
+    channels_last activations where :func:`fastnst.hardware.channels_last_training_cpu` says so (``channels_last``
     forces it either way): the same weights and gradients, a faster forward and backward for the network
     (docs/benchmarks.md). GPUs run the plain layers (the rewrite is unmeasured there)."""
     if photos.device.type != "cpu":
