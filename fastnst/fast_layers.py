@@ -14,7 +14,7 @@
 
 * :class:`SingleImageInstanceNorm` is instance norm computed as batch norm of one image at a time, forward
   and backward. For channels_last activations (:func:`fast_copy` with ``channels_last=True`` and
-  :func:`training_view` with ``channels_last=True``, chosen on x86 CPUs with AVX2) ``F.instance_norm`` first copies its
+  :func:`training_view` with ``channels_last=True``; see :mod:`fastnst.hardware` for where each is chosen) ``F.instance_norm`` first copies its
   input to NCHW for its (1, N * C, H, W) view; batch norm of a single image reads the channels_last tensor
   where it lies.
 
