@@ -11,8 +11,9 @@ The rule, measured rather than assumed (see ``scripts/bench.py`` and ``docs/benc
   about 2x the float32 speed of the same machine.
 * Any other CPU (e.g. AVX2-only): float32. bf16 there is emulated and several times *slower*,
   so it is never chosen automatically.
-* x86 CPUs with AVX2 or newer: channels_last activations, in any precision, for inference. oneDNN's convolutions read and write channels-last blocks, so an NCHW network converts every activation
-  to that layout and back. On an AMX Xeon that was over half of the time: channels_last ran 2.5x faster in bf16
+* x86 CPUs with AVX2 or newer: channels_last activations, in any precision, for inference. oneDNN's
+  convolutions read and write channels-last blocks, so an NCHW network converts every activation to that
+  layout and back. On an AMX Xeon that was over half of the time: channels_last ran 2.5x faster in bf16
   (512x512 and 1080p) and 1.15x in fp32. With oneDNN, MKL and ATen capped at AVX2 (an AVX2-only laptop CPU) or
   at AVX512_CORE_BF16 (a Zen 4) on that Xeon it ran 1.07-1.20x faster in fp32 and 1.06x in bf16
   (docs/benchmarks.md). NCHW was measured faster on a real Zen 4 before instance norm and the upsampling rewrite
@@ -20,7 +21,7 @@ The rule, measured rather than assumed (see ``scripts/bench.py`` and ``docs/benc
   faster channels_last. Other CPUs (Arm, or no flags to read) keep NCHW: unmeasured.
 * Training steps (the network's forward and backward): channels_last only on x86 CPUs with native bf16 (1.13-1.31x
   per step on an AMX Xeon; 1.02-1.07x capped at AVX512_CORE_BF16). On the real Zen 2 the NCHW network was faster:
-  4-6% per step at 128x128, 6-12% at 256x256 (docs/benchmarks.md), so AVX2-only CPUs train it in NCHW.
+  2-6% per step at 128x128, 6-12% at 256x256 (docs/benchmarks.md), so AVX2-only CPUs train it in NCHW.
 
 Every choice can be overridden (``precision=`` in the API, ``--precision`` on the CLI).
 

@@ -134,7 +134,7 @@ def test_training_view_shares_weights_and_gives_the_same_gradients(channels_last
     assert len(rewrites) == 3 and not any(p.requires_grad for m in rewrites for p in m.parameters())
 
 
-def test_cpu_training_steps_run_the_network_channels_last() -> None:
+def test_cpu_training_steps_run_the_network_in_the_layout_hardware_chooses() -> None:
     # What the LightningModule calls: channels_last where fastnst.hardware says so (x86 with native bf16: 1.13x per
     # step at 128x128, 1.31x at 256x256 in bf16 on an AMX Xeon; docs/benchmarks.md); the same values either way.
     from fastnst.hardware import channels_last_training_cpu

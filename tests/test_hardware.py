@@ -48,7 +48,7 @@ def test_x86_cpu_plans_run_channels_last(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_cpu_training_runs_the_network_channels_last_only_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
-    # AMX Xeon: 1.13-1.31x per step; capped at AVX512_CORE_BF16: 1.02-1.07x. A real AVX2-only Zen 2: NCHW 4-12%
+    # AMX Xeon: 1.13-1.31x per step; capped at AVX512_CORE_BF16: 1.02-1.07x. A real AVX2-only Zen 2: NCHW 2-12%
     # faster, and an AVX2 cap on the Xeon agreed (docs/benchmarks.md). Arm: NCHW (unmeasured).
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
