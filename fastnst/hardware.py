@@ -17,11 +17,13 @@ The rule, measured rather than assumed (see ``scripts/bench.py`` and ``docs/benc
   (512x512 and 1080p) and 1.15x in fp32. With oneDNN, MKL and ATen capped at AVX2 (an AVX2-only laptop CPU) or
   at AVX512_CORE_BF16 (a Zen 4) on that Xeon it ran 1.07-1.20x faster in fp32 and 1.06x in bf16
   (docs/benchmarks.md). NCHW was measured faster on a real Zen 4 before instance norm and the upsampling rewrite
-  stopped converting channels_last activations to NCHW. On a real AVX2-only CPU (Zen 2) inference ran 1.08-1.11x
-  faster channels_last. Other CPUs (Arm, or no flags to read) keep NCHW: unmeasured.
+  stopped converting channels_last activations to NCHW; since then, on a real Zen 4, channels_last ran 1.05x (512x512)
+  and 1.14x (1080p) faster in bf16. On a real AVX2-only CPU (Zen 2) inference ran 1.08-1.11x faster
+  channels_last. Other CPUs (Arm, or no flags to read) keep NCHW: unmeasured.
 * Training steps (the network's forward and backward): channels_last only on x86 CPUs with native bf16 (1.13-1.31x
-  per step on an AMX Xeon; 1.02-1.07x capped at AVX512_CORE_BF16). On the real Zen 2 the NCHW network was faster:
-  2-6% per step at 128x128, 6-12% at 256x256 (docs/benchmarks.md), so AVX2-only CPUs train it in NCHW.
+  per step on an AMX Xeon; 1.02-1.07x capped at AVX512_CORE_BF16; on a real Zen 4 level at 128x128 and 1.04-1.07x at
+  256x256). On the real Zen 2 the NCHW network was faster: 2-6% per step at 128x128, 6-12% at 256x256
+  (docs/benchmarks.md), so AVX2-only CPUs train it in NCHW.
 
 Every choice can be overridden (``precision=`` in the API, ``--precision`` on the CLI).
 
