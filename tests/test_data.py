@@ -68,3 +68,14 @@ def test_train_loader_batches(photo_dir: Path) -> None:
     assert loader.state_dict() == {"epoch": 0, "samples": 4}
     val = next(iter(dm.val_dataloader()))[0]
     assert val.shape == (2, 3, 16, 16)
+
+
+def test_probe_crops_are_fixed_centre_crops_spread_over_the_photos(photo_dir: Path) -> None:
+    dm = PhotoDataModule(str(photo_dir), image_size=16, num_workers=0)
+    crops = dm.probe_crops(3)
+    assert crops.shape == (3, 3, 16, 16) and 0 <= float(crops.min()) and float(crops.max()) <= 1
+    assert torch.equal(crops, dm.probe_crops(3))  # no randomness: every run rates its starts on the same pixels
+    # Spread evenly (photos 0, 2 and 4 of 6), each the centre crop of its photo.
+    picks = [dm.files[i] for i in (0, 2, 4)]
+    assert torch.equal(crops[1], PhotoDataset(picks, 16)[1][0])
+    assert dm.probe_crops(10).shape == (6, 3, 16, 16)  # never more than there are photos

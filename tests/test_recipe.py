@@ -195,12 +195,51 @@ def test_init_from_auto_takes_a_shipped_model_of_another_style_with_this_network
     assert same(wide, sources["starry_johnson"])
     assert auto_init(wide, "starry") == {"model": "wave_johnson", "style": "wave", "steps": 13}
     assert same(wide, sources["wave_johnson"])
+    # With a score (in training: the run's loss on a few training crops), the lowest-scoring start wins, whatever
+    # the fixed order says, and the metadata records every candidate's score.
+    seen: list[int] = []
+
+    def score(model: torch.nn.Module) -> float:
+        seen.append(model.config()["base_channels"])
+        first = next(iter(model.state_dict().values()))
+        return {name: i for i, name in enumerate(("wave_johnson", "starry_johnson"))}[_which(first, sources)]
+
+    start = auto_init(wide, "udnie", score)
+    assert start == {"model": "wave_johnson", "style": "wave", "steps": 13, "probe_totals": {"starry_johnson": 1.0, "wave_johnson": 0.0}}
+    assert same(wide, sources["wave_johnson"]) and seen == [12, 12]  # only models with the run's network are scored
+    # Equal scores keep the fixed order; a single candidate is not scored.
+    assert auto_init(wide, "udnie", lambda m: 1.0)["model"] == "starry_johnson"
+    seen.clear()
+    assert auto_init(wide, "starry", score) == {"model": "wave_johnson", "style": "wave", "steps": 13} and seen == []
     # No model with this network: the random weights stay.
     other = TransformerNet(4, 1)
     before = TransformerNet(4, 1)
     before.load_state_dict(other.state_dict())
     assert auto_init(other, "udnie") is None
     assert same(other, before)
+
+
+def _which(tensor: torch.Tensor, sources: dict[str, torch.nn.Module]) -> str:
+    """The name of the source model whose first weight tensor equals ``tensor``."""
+    return next(name for name, m in sources.items() if torch.equal(next(iter(m.state_dict().values())), tensor))
+
+
+def test_probe_scorer_rates_a_start_by_the_runs_loss() -> None:
+    from fastnst.net import TransformerNet
+    from fastnst.training.loss import PerceptualLoss
+    from fastnst.training.pipeline import probe_scorer
+    from fastnst.training.vgg import VGGFeatures
+
+    torch.manual_seed(0)
+    loss = PerceptualLoss(VGGFeatures("vgg16", ["relu2_2", "relu3_3"], weights="random"), ["relu2_2"], {"relu3_3": 1.0})
+    style = torch.rand(1, 3, 32, 32)
+    loss.set_style(style)
+    crops = torch.rand(2, 3, 32, 32)
+    score = probe_scorer(loss, crops)
+    net = TransformerNet(8, 1)
+    expected = float(loss(net(crops), crops)["total"])
+    assert score(net) == pytest.approx(expected, rel=1e-5)
+    assert score(net.half()) == pytest.approx(expected, rel=1e-2)  # models load in fp16 storage: scored in fp32
 
 
 def test_dither_flat_touches_only_one_colour_crops() -> None:

@@ -197,6 +197,14 @@ class PhotoDataModule(pl.LightningDataModule):
         """Fail early (before any model is built) if there is nothing to train on; returns the photo count."""
         return len(self.files)
 
+    def probe_crops(self, count: int) -> torch.Tensor:
+        """Centre crops of ``count`` training photos spread evenly over the sorted list, (count, 3, S, S): a fixed
+        sample to rate starting models on (``init_from=auto``)."""
+        files = self.files
+        picks = [files[i * len(files) // count] for i in range(min(count, len(files)))]
+        dataset = PhotoDataset(picks, self.image_size, self.short_side)
+        return torch.stack([dataset[i][0] for i in range(len(picks))])
+
     def val_files(self) -> list[Path]:
         files = self.scan(self.val_root, "data.val_root") if self.val_root else self.files
         return files[: self.num_val_images]
