@@ -39,7 +39,7 @@ quiet_lightning()
 VGG_ARCHS = ("vgg16", "vgg19")
 DECAYS = ("constant", "cosine")
 # `init_from=auto` starts from the model (of those `-m NAME` finds) with the run's network and another style whose
-# outputs on a few training crops score lowest under the run's own loss: against the fixed order used before, 0-8%
+# outputs on a few training crops score lowest under the run's own loss: against the fixed order used before, 0.8-8%
 # lower in the first 12 CPU minutes and 1-2.4% after 30 (docs/training.md, "The nearest start"). Without a score, the
 # first of AUTO_INIT found wins (the fixed order used before; docs/training.md, "Starting from a shipped model").
 AUTO_INIT = ("starry", "wave", "starry_johnson", "wave_johnson")
