@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import REPO, run_module, tiny_train_args
-from fastnst.training.pipeline import ConfigError, resolve_precision, validate
+from fastnst.training.pipeline import ConfigError, model_metadata, resolve_precision, validate
 
 CONFIGS = REPO / "configs"
 STYLES = sorted(p.stem for p in (CONFIGS / "style").glob("*.yaml"))
@@ -129,3 +129,12 @@ def test_recipes_compose_to_what_they_promise() -> None:
     assert compose_plain("init_from=null")["init_from"] is None
     for cfg in (default, paper):
         validate(cfg)
+
+
+def test_model_metadata_counts_the_steps_of_every_phase() -> None:
+    cfg = compose_plain()
+    assert model_metadata(cfg, 5, 1.0, "32-true")["total_steps"] == 5  # from random weights: this run's steps
+    continued = {"model": "wave", "style": "wave", "steps": 7, "total_steps": 30}
+    assert model_metadata(cfg, 5, 1.0, "32-true", continued)["total_steps"] == 35
+    older = {"model": "wave", "style": "wave", "steps": 7}  # a start recorded before total_steps existed
+    assert model_metadata(cfg, 5, 1.0, "32-true", older)["total_steps"] == 12

@@ -158,7 +158,11 @@ def test_init_from_copies_a_model_and_refuses_another_preset(tmp_path: Path) -> 
     path = save_model(source, tmp_path / "wave.pt", {"style": "wave", "steps": 7})
     torch.manual_seed(1)
     net = TransformerNet(8, 1)
-    assert init_weights(net, str(path)) == {"model": str(path), "style": "wave", "steps": 7}
+    assert init_weights(net, str(path)) == {"model": str(path), "style": "wave", "steps": 7, "total_steps": 7}
+    # A model continued from another records all its phases; the next run carries that count on.
+    phased = save_model(source, tmp_path / "wave_phased.pt", {"style": "wave", "steps": 7, "total_steps": 30})
+    start = init_weights(TransformerNet(8, 1), str(phased))
+    assert start["steps"] == 7 and start["total_steps"] == 30
     for (name, a), b in zip(source.state_dict().items(), net.state_dict().values()):
         assert torch.equal(a, b), name
     with pytest.raises(ConfigError, match=r"init_from=.*differs from model="):
@@ -184,16 +188,16 @@ def test_init_from_auto_takes_a_shipped_model_of_another_style_with_this_network
         return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
     net = TransformerNet(8, 1)
-    assert auto_init(net, "udnie") == {"model": "starry", "style": "starry", "steps": 10}
+    assert auto_init(net, "udnie") == {"model": "starry", "style": "starry", "steps": 10, "total_steps": 10}
     assert same(net, sources["starry"])
     # Training starry itself starts from another style.
-    assert auto_init(net, "starry") == {"model": "wave", "style": "wave", "steps": 11}
+    assert auto_init(net, "starry") == {"model": "wave", "style": "wave", "steps": 11, "total_steps": 11}
     assert same(net, sources["wave"])
     # A wider network starts from a model with that network: starry_johnson, or wave_johnson for starry itself.
     wide = TransformerNet(12, 1)
-    assert auto_init(wide, "udnie") == {"model": "starry_johnson", "style": "starry", "steps": 12}
+    assert auto_init(wide, "udnie") == {"model": "starry_johnson", "style": "starry", "steps": 12, "total_steps": 12}
     assert same(wide, sources["starry_johnson"])
-    assert auto_init(wide, "starry") == {"model": "wave_johnson", "style": "wave", "steps": 13}
+    assert auto_init(wide, "starry") == {"model": "wave_johnson", "style": "wave", "steps": 13, "total_steps": 13}
     assert same(wide, sources["wave_johnson"])
     # With a score (in training: the run's loss on a few training crops), the lowest-scoring start wins, whatever
     # the fixed order says, and the metadata records every candidate's score.
@@ -205,12 +209,12 @@ def test_init_from_auto_takes_a_shipped_model_of_another_style_with_this_network
         return {name: i for i, name in enumerate(("wave_johnson", "starry_johnson"))}[_which(first, sources)]
 
     start = auto_init(wide, "udnie", score)
-    assert start == {"model": "wave_johnson", "style": "wave", "steps": 13, "probe_totals": {"starry_johnson": 1.0, "wave_johnson": 0.0}}
+    assert start == {"model": "wave_johnson", "style": "wave", "steps": 13, "total_steps": 13, "probe_totals": {"starry_johnson": 1.0, "wave_johnson": 0.0}}
     assert same(wide, sources["wave_johnson"]) and seen == [12, 12]  # only models with the run's network are scored
     # Equal scores keep the fixed order; a single candidate is not scored.
     assert auto_init(wide, "udnie", lambda m: 1.0)["model"] == "starry_johnson"
     seen.clear()
-    assert auto_init(wide, "starry", score) == {"model": "wave_johnson", "style": "wave", "steps": 13} and seen == []
+    assert auto_init(wide, "starry", score) == {"model": "wave_johnson", "style": "wave", "steps": 13, "total_steps": 13} and seen == []
     # No model with this network: the random weights stay.
     other = TransformerNet(4, 1)
     before = TransformerNet(4, 1)

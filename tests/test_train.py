@@ -96,8 +96,9 @@ def test_init_from_starts_from_a_trained_model_and_records_it(trained_run: Path,
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"starting from the weights of {source}" in result.stderr
     warm, meta = load_model(tmp_path / "warm" / "starry.pt")
-    assert meta["init_from"] == {"model": str(source), "style": "starry", "steps": load_model(source)[1]["steps"]}
-    assert meta["steps"] == 1
+    source_meta = load_model(source)[1]
+    assert meta["init_from"] == {"model": str(source), "style": "starry", "steps": source_meta["steps"], "total_steps": source_meta["total_steps"]}
+    assert meta["steps"] == 1 and meta["total_steps"] == source_meta["total_steps"] + 1
     # A resumed run keeps the record of where it started.
     resumed = run_module("fastnst.train", *tiny_train_args(tmp_path / "warm", photo_dir, style_file, steps=2), f"init_from={source}", "ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

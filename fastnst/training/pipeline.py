@@ -199,7 +199,8 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
 def _copy_weights(net: TransformerNet, source: TransformerNet, meta: dict[str, Any], name: str) -> dict[str, Any]:
     """Load ``source``'s weights into ``net``; returns what the slim model records about that start."""
     net.load_state_dict(source.state_dict())
-    return {"model": name, "style": meta.get("style"), "steps": meta.get("steps")}
+    # total_steps: every phase behind the start (a model file without the key had one phase).
+    return {"model": name, "style": meta.get("style"), "steps": meta.get("steps"), "total_steps": meta.get("total_steps", meta.get("steps"))}
 
 
 def init_weights(net: TransformerNet, spec: str) -> dict[str, Any]:
@@ -255,6 +256,8 @@ def model_metadata(cfg: Mapping[str, Any], steps: int, seconds: float, precision
     """What the slim model records about how it was made (plain values only); ``start``: what
     :func:`init_weights` returned, if the run started from a trained model."""
     style, loss, data = cfg["style"], cfg["loss"], cfg["data"]
+    # Every phase behind the start; a start recorded before total_steps existed counts its own steps.
+    steps_before = (start or {}).get("total_steps", (start or {}).get("steps"))
     return {
         "style": style["name"],
         "style_image": Path(style["image"]).name if style.get("image") else Path(str(style.get("url") or "")).name,
@@ -275,6 +278,7 @@ def model_metadata(cfg: Mapping[str, Any], steps: int, seconds: float, precision
         "curriculum": dict(cfg.get("curriculum") or {}),
         "precision": precision,
         "steps": int(steps),
+        "total_steps": int(steps) + int(steps_before or 0),
         "train_seconds": round(seconds, 1),
         "seed": cfg.get("seed"),
         "init_from": start,
@@ -307,7 +311,7 @@ def fit(cfg: Mapping[str, Any], run_dir: Path) -> Path | None:
             start = init_weights(module.net, str(init_from))
         module.init_from = start
         if start:
-            log.info("starting from the weights of %s (style %s, %s steps)", start["model"], start["style"], start["steps"])
+            log.info("starting from the weights of %s (style %s, %s steps in all)", start["model"], start["style"], start["total_steps"])
         else:
             log.info("init_from=auto: no shipped model (%s) with this network; starting from random weights", ", ".join(AUTO_INIT))
     checkpoints = ModelCheckpoint(
