@@ -196,11 +196,15 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(path)
 
 
+def _steps_in_all(record: Mapping[str, Any]) -> int | None:
+    """Steps of every phase behind a model's metadata or a start's record; one without ``total_steps`` had one phase."""
+    return record.get("total_steps", record.get("steps"))
+
+
 def _copy_weights(net: TransformerNet, source: TransformerNet, meta: dict[str, Any], name: str) -> dict[str, Any]:
     """Load ``source``'s weights into ``net``; returns what the slim model records about that start."""
     net.load_state_dict(source.state_dict())
-    # total_steps: every phase behind the start (a model file without the key had one phase).
-    return {"model": name, "style": meta.get("style"), "steps": meta.get("steps"), "total_steps": meta.get("total_steps", meta.get("steps"))}
+    return {"model": name, "style": meta.get("style"), "steps": meta.get("steps"), "total_steps": _steps_in_all(meta)}
 
 
 def init_weights(net: TransformerNet, spec: str) -> dict[str, Any]:
@@ -256,8 +260,7 @@ def model_metadata(cfg: Mapping[str, Any], steps: int, seconds: float, precision
     """What the slim model records about how it was made (plain values only); ``start``: what
     :func:`init_weights` returned, if the run started from a trained model."""
     style, loss, data = cfg["style"], cfg["loss"], cfg["data"]
-    # Every phase behind the start; a start recorded before total_steps existed counts its own steps.
-    steps_before = (start or {}).get("total_steps", (start or {}).get("steps"))
+    steps_before = _steps_in_all(start) if start else 0  # a start recorded before total_steps existed: its steps
     return {
         "style": style["name"],
         "style_image": Path(style["image"]).name if style.get("image") else Path(str(style.get("url") or "")).name,
