@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import REPO, run_module, tiny_train_args
-from fastnst.training.pipeline import ConfigError, model_metadata, resolve_precision, validate
+from fastnst.training.pipeline import ConfigError, model_metadata, resolve_precision, squares_side, validate
 
 CONFIGS = REPO / "configs"
 STYLES = sorted(p.stem for p in (CONFIGS / "style").glob("*.yaml"))
@@ -116,7 +116,7 @@ def test_recipes_compose_to_what_they_promise() -> None:
     default = compose_plain()
     assert default["model"]["name"] == "johnson" and default["model"]["base_channels"] == 32
     assert default["optim"] == {"lr": 4e-3, "warmup_steps": 50, "decay": "cosine", "min_lr_fraction": 0.1}
-    assert default["curriculum"] == {"small_crop": 192, "small_crop_until": 0.8}
+    assert default["curriculum"] == {"small_crop": 192, "small_crop_from_random": 128, "small_crop_until": 0.8}
     assert default["init_from"] == "auto"
     paper = compose_plain("recipe=johnson")
     assert paper["init_from"] is None
@@ -138,3 +138,16 @@ def test_model_metadata_counts_the_steps_of_every_phase() -> None:
     assert model_metadata(cfg, 5, 1.0, "32-true", continued)["total_steps"] == 35
     older = {"model": "wave", "style": "wave", "steps": 7}  # a start recorded before total_steps existed
     assert model_metadata(cfg, 5, 1.0, "32-true", older)["total_steps"] == 12
+
+
+def test_a_run_from_random_weights_cuts_smaller_squares() -> None:
+    cfg = compose_plain()
+    curriculum = cfg["curriculum"]
+    assert squares_side(curriculum, from_random=False) == 192
+    assert squares_side(curriculum, from_random=True) == 128
+    assert squares_side({**curriculum, "small_crop_from_random": None}, from_random=True) == 192  # null: small_crop
+    assert squares_side(compose_plain("recipe=johnson")["curriculum"], from_random=True) is None
+    # The model records the squares its run cut.
+    start = {"model": "wave", "style": "wave", "steps": 7, "total_steps": 30}
+    assert model_metadata(cfg, 5, 1.0, "32-true")["curriculum"]["small_crop"] == 128
+    assert model_metadata(cfg, 5, 1.0, "32-true", start)["curriculum"]["small_crop"] == 192

@@ -66,6 +66,18 @@ def test_curriculum_cuts_small_squares_first_then_full_crops(style_file: Path) -
     assert m._curriculum_crop(photos) is photos
 
 
+def test_a_resumed_run_cuts_the_squares_its_checkpoint_records(style_file: Path) -> None:
+    # fit() picks the side once (small_crop_from_random for random weights); a resume must not pick again.
+    m = make_module(style_file, curriculum={"small_crop": 24, "small_crop_from_random": 16, "small_crop_until": 0.5})
+    m.small_crop = 16
+    checkpoint = {"state_dict": m.state_dict()}
+    m.on_save_checkpoint(checkpoint)
+    resumed = make_module(style_file, curriculum={"small_crop": 24, "small_crop_from_random": 16, "small_crop_until": 0.5})
+    assert resumed.small_crop == 24
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.small_crop == 16 and resumed.init_from is None
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -73,6 +85,7 @@ def test_curriculum_cuts_small_squares_first_then_full_crops(style_file: Path) -
         ({"optim": {"lr": 1e-3, "warmup_steps": -1}}, "optim.warmup_steps"),
         ({"curriculum": {"small_crop": 8, "small_crop_until": 0.5}}, "curriculum.small_crop"),
         ({"curriculum": {"small_crop": 64, "small_crop_until": 1.5}}, "curriculum.small_crop_until"),
+        ({"curriculum": {"small_crop": 64, "small_crop_from_random": 8}}, "curriculum.small_crop_from_random"),
         ({"snapshot_minutes": 0}, "snapshot_minutes"),
     ],
 )
@@ -88,7 +101,7 @@ def test_training_with_the_recipe_levers_writes_time_snapshots(tmp_path: Path, p
     args = tiny_train_args(run, photo_dir, style_file, steps=8)
     result = run_module(
         "fastnst.train", *args, "snapshot_minutes=0.0001", "optim.warmup_steps=3", "optim.decay=cosine", "optim.lr=3e-3",
-        "curriculum.small_crop=16", "curriculum.small_crop_until=0.5",
+        "curriculum.small_crop=24", "curriculum.small_crop_from_random=16", "curriculum.small_crop_until=0.5",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     snaps = sorted((run / "snapshots").glob("*.pt"))
@@ -98,7 +111,9 @@ def test_training_with_the_recipe_levers_writes_time_snapshots(tmp_path: Path, p
     net, meta = load_model(snaps[-1])
     assert meta["train_seconds"] == pytest.approx(seconds[-1], abs=0.11)
     assert 0 < meta["steps"] <= 8
+    # A tiny network has no shipped start: random weights, so the squares are small_crop_from_random's.
     assert meta["optim"]["decay"] == "cosine" and meta["curriculum"]["small_crop"] == 16
+    assert "16 px squares first (curriculum.small_crop_from_random)" in result.stderr
     final_net, final_meta = load_model(run / "starry.pt")
     assert final_meta["steps"] == 8 and math.isfinite(final_meta["train_seconds"])
 

@@ -74,7 +74,8 @@ class StyleTransferModule(pl.LightningModule):
     * optim: ``lr``; ``warmup_steps`` (linear ramp from 0); ``decay``: ``constant`` or ``cosine`` (to
       ``min_lr_fraction`` of ``lr`` at the end of the budget)
     * curriculum: ``small_crop`` (side in px) and ``small_crop_until`` (fraction of the budget): train on
-      random ``small_crop`` squares cut from the crops until then (same pixel scale, a fraction of the cost)
+      random ``small_crop`` squares cut from the crops until then (same pixel scale, a fraction of the cost);
+      ``fit`` sets ``small_crop`` to ``small_crop_from_random`` for a run from random weights
 
     "The budget" is ``trainer.max_steps`` or ``trainer.max_time``, whichever ends the run first, so
     schedules follow a time budget too.
@@ -189,6 +190,7 @@ class StyleTransferModule(pl.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("loss.")}
         checkpoint["skipped_images"] = self.skipped_images
         checkpoint["init_from"] = self.init_from
+        checkpoint["small_crop"] = self.small_crop
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
@@ -196,3 +198,4 @@ class StyleTransferModule(pl.LightningModule):
             state.setdefault(k, v)
         self.skipped_images = int(checkpoint.get("skipped_images", 0))
         self.init_from = checkpoint.get("init_from")
+        self.small_crop = int(checkpoint.get("small_crop", self.small_crop))

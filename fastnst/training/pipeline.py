@@ -149,10 +149,11 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"optim.decay={optim.get('decay')!r}; allowed: {', '.join(DECAYS)}")
     if not 0 <= float(optim.get("min_lr_fraction") or 0) <= 1:
         raise ConfigError(f"optim.min_lr_fraction must be in [0, 1], got {optim.get('min_lr_fraction')!r}")
-    if curriculum.get("small_crop") is not None:
-        _positive(curriculum["small_crop"], "curriculum.small_crop", int)
-        if curriculum["small_crop"] < 16:
-            raise ConfigError(f"curriculum.small_crop must be >= 16 px, got {curriculum['small_crop']}")
+    for key in ("small_crop", "small_crop_from_random"):
+        if curriculum.get(key) is not None:
+            _positive(curriculum[key], f"curriculum.{key}", int)
+            if curriculum[key] < 16:
+                raise ConfigError(f"curriculum.{key} must be >= 16 px, got {curriculum[key]}")
     until = curriculum.get("small_crop_until") or 0
     if not isinstance(until, (int, float)) or not 0 <= until <= 1:
         raise ConfigError(f"curriculum.small_crop_until must be a fraction in [0, 1], got {until!r}")
@@ -256,10 +257,21 @@ def probe_scorer(loss: torch.nn.Module, crops: torch.Tensor) -> Callable[[Transf
     return score
 
 
+def squares_side(curriculum: Mapping[str, Any], from_random: bool) -> int | None:
+    """The side of the curriculum's squares for a run: ``small_crop_from_random`` if set and the network starts
+    from random weights (it learns the style from nothing, and more, cheaper steps pay), else ``small_crop``."""
+    side = curriculum.get("small_crop_from_random") if from_random else None
+    side = side if side is not None else curriculum.get("small_crop")
+    return int(side) if side else None
+
+
 def model_metadata(cfg: Mapping[str, Any], steps: int, seconds: float, precision: str, start: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the slim model records about how it was made (plain values only); ``start``: what
     :func:`init_weights` returned, if the run started from a trained model."""
     style, loss, data = cfg["style"], cfg["loss"], cfg["data"]
+    curriculum = dict(cfg.get("curriculum") or {})
+    if curriculum:
+        curriculum["small_crop"] = squares_side(curriculum, start is None)  # the squares this run cut
     steps_before = _steps_in_all(start) if start else 0  # a start recorded before total_steps existed: its steps
     return {
         "style": style["name"],
@@ -278,7 +290,7 @@ def model_metadata(cfg: Mapping[str, Any], steps: int, seconds: float, precision
         "batch_size": int(data["batch_size"]),
         "lr": float(cfg["optim"]["lr"]),
         "optim": dict(cfg["optim"]),
-        "curriculum": dict(cfg.get("curriculum") or {}),
+        "curriculum": curriculum,
         "precision": precision,
         "steps": int(steps),
         "total_steps": int(steps) + int(steps_before or 0),
@@ -317,6 +329,11 @@ def fit(cfg: Mapping[str, Any], run_dir: Path) -> Path | None:
             log.info("starting from the weights of %s (style %s, %s steps in all)", start["model"], start["style"], start["total_steps"])
         else:
             log.info("init_from=auto: no shipped model (%s) with this network; starting from random weights", ", ".join(AUTO_INIT))
+    curriculum = cfg.get("curriculum") or {}
+    if ckpt_path is None:  # a resumed run cuts the squares it cut before (restored from its checkpoint)
+        module.small_crop = squares_side(curriculum, module.init_from is None) or 0
+        if module.init_from is None and curriculum.get("small_crop_from_random") is not None:
+            log.info("random initial weights: %d px squares first (curriculum.small_crop_from_random)", module.small_crop)
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="step{step:07d}",
