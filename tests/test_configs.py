@@ -151,3 +151,6 @@ def test_a_run_from_random_weights_cuts_smaller_squares() -> None:
     start = {"model": "wave", "style": "wave", "steps": 7, "total_steps": 30}
     assert model_metadata(cfg, 5, 1.0, "32-true")["curriculum"]["small_crop"] == 128
     assert model_metadata(cfg, 5, 1.0, "32-true", start)["curriculum"]["small_crop"] == 192
+    # fit passes the side its module cut (a resumed run's is restored from its checkpoint, whatever cfg says now).
+    assert model_metadata(cfg, 5, 1.0, "32-true", start, small_crop=160)["curriculum"]["small_crop"] == 160
+    assert model_metadata(cfg, 5, 1.0, "32-true", start, small_crop=0)["curriculum"]["small_crop"] is None

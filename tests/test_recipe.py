@@ -113,7 +113,7 @@ def test_training_with_the_recipe_levers_writes_time_snapshots(tmp_path: Path, p
     assert 0 < meta["steps"] <= 8
     # A tiny network has no shipped start: random weights, so the squares are small_crop_from_random's.
     assert meta["optim"]["decay"] == "cosine" and meta["curriculum"]["small_crop"] == 16
-    assert "16 px squares first (curriculum.small_crop_from_random)" in result.stderr
+    assert "16 px squares first (curriculum.small_crop_from_random; null: curriculum.small_crop)" in result.stderr
     final_net, final_meta = load_model(run / "starry.pt")
     assert final_meta["steps"] == 8 and math.isfinite(final_meta["train_seconds"])
 

@@ -265,14 +265,25 @@ def squares_side(curriculum: Mapping[str, Any], from_random: bool) -> int | None
     return int(side) if side else None
 
 
-def model_metadata(cfg: Mapping[str, Any], steps: int, seconds: float, precision: str, start: dict[str, Any] | None = None) -> dict[str, Any]:
+def model_metadata(
+    cfg: Mapping[str, Any],
+    steps: int,
+    seconds: float,
+    precision: str,
+    start: dict[str, Any] | None = None,
+    *,
+    small_crop: int | None = None,
+) -> dict[str, Any]:
     """What the slim model records about how it was made (plain values only); ``start``: what
-    :func:`init_weights` returned, if the run started from a trained model."""
+    :func:`init_weights` returned, if the run started from a trained model; ``small_crop``: the side of the
+    squares the run cut (0: none), as its module holds it (a resumed run restores it from its checkpoint);
+    None derives it from ``cfg`` and ``start``."""
     style, loss, data = cfg["style"], cfg["loss"], cfg["data"]
     curriculum = dict(cfg.get("curriculum") or {})
     if curriculum:
-        curriculum["small_crop"] = squares_side(curriculum, start is None)  # the squares this run cut
-    steps_before = _steps_in_all(start) if start else 0  # a start recorded before total_steps existed: its steps
+        side = squares_side(curriculum, start is None) if small_crop is None else small_crop
+        curriculum["small_crop"] = side or None  # the squares this run cut
+    steps_before = (_steps_in_all(start) or 0) if start else 0  # a start recorded before total_steps existed: its steps
     return {
         "style": style["name"],
         "style_image": Path(style["image"]).name if style.get("image") else Path(str(style.get("url") or "")).name,
@@ -293,7 +304,7 @@ def model_metadata(cfg: Mapping[str, Any], steps: int, seconds: float, precision
         "curriculum": curriculum,
         "precision": precision,
         "steps": int(steps),
-        "total_steps": int(steps) + int(steps_before or 0),
+        "total_steps": int(steps) + int(steps_before),
         "train_seconds": round(seconds, 1),
         "seed": cfg.get("seed"),
         "init_from": start,
@@ -333,7 +344,7 @@ def fit(cfg: Mapping[str, Any], run_dir: Path) -> Path | None:
     if ckpt_path is None:  # a resumed run cuts the squares it cut before (restored from its checkpoint)
         module.small_crop = squares_side(curriculum, module.init_from is None) or 0
         if module.init_from is None and curriculum.get("small_crop_from_random") is not None:
-            log.info("random initial weights: %d px squares first (curriculum.small_crop_from_random)", module.small_crop)
+            log.info("random initial weights: %d px squares first (curriculum.small_crop_from_random; null: curriculum.small_crop)", module.small_crop)
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="step{step:07d}",
@@ -346,7 +357,11 @@ def fit(cfg: Mapping[str, Any], run_dir: Path) -> Path | None:
     )
     callbacks = [checkpoints, FinalCheckpoint(checkpoints), LearningRateMonitor(logging_interval="step"), StepProgressBar()]
     if cfg.get("snapshot_minutes"):
-        callbacks.append(TimeSnapshots(cfg["snapshot_minutes"], run_dir / "snapshots", lambda steps, s: model_metadata(cfg, steps, s, precision, module.init_from)))
+
+        def snapshot_meta(steps: int, seconds: float) -> dict[str, Any]:
+            return model_metadata(cfg, steps, seconds, precision, module.init_from, small_crop=module.small_crop)
+
+        callbacks.append(TimeSnapshots(cfg["snapshot_minutes"], run_dir / "snapshots", snapshot_meta))
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False),
@@ -366,7 +381,7 @@ def fit(cfg: Mapping[str, Any], run_dir: Path) -> Path | None:
         return None
     if trainer.interrupted:
         log.warning("training was interrupted at step %d; writing the model as it is", trainer.global_step)
-    meta = model_metadata(cfg, trainer.global_step, seconds, precision, module.init_from)
+    meta = model_metadata(cfg, trainer.global_step, seconds, precision, module.init_from, small_crop=module.small_crop)
     meta["skipped_images"] = module.skipped_images
     out = save_model(module.net, run_dir / f"{cfg['style']['name']}.pt", meta, half=bool(cfg.get("half_model", True)), overwrite=True)
     log.info("final losses: %s", {k: float(f"{float(v):.5g}") for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
