@@ -343,7 +343,8 @@ def fit(cfg: Mapping[str, Any], run_dir: Path) -> Path | None:
     curriculum = cfg.get("curriculum") or {}
     if ckpt_path is None:  # a resumed run cuts the squares it cut before (restored from its checkpoint)
         module.small_crop = squares_side(curriculum, module.init_from is None) or 0
-        if module.init_from is None and curriculum.get("small_crop_from_random") is not None:
+        # Only where squares are cut at all: small_crop_until 0 means full crops from the first step.
+        if module.init_from is None and curriculum.get("small_crop_from_random") is not None and module.small_crop_until > 0:
             log.info("random initial weights: %d px squares first (curriculum.small_crop_from_random; null: curriculum.small_crop)", module.small_crop)
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
