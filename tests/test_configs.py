@@ -147,10 +147,13 @@ def test_a_run_from_random_weights_cuts_smaller_squares() -> None:
     assert squares_side(curriculum, from_random=True) == 128
     assert squares_side({**curriculum, "small_crop_from_random": None}, from_random=True) == 192  # null: small_crop
     assert squares_side(compose_plain("recipe=johnson")["curriculum"], from_random=True) is None
+    assert squares_side({**curriculum, "small_crop_until": 0}, from_random=True) is None  # full crops throughout
     # The model records the squares its run cut.
     start = {"model": "wave", "style": "wave", "steps": 7, "total_steps": 30}
     assert model_metadata(cfg, 5, 1.0, "32-true")["curriculum"]["small_crop"] == 128
     assert model_metadata(cfg, 5, 1.0, "32-true", start)["curriculum"]["small_crop"] == 192
+    no_squares = {**cfg, "curriculum": {**curriculum, "small_crop_until": 0.0}}
+    assert model_metadata(no_squares, 5, 1.0, "32-true")["curriculum"]["small_crop"] is None
     # fit passes the side its module cut (a resumed run's is restored from its checkpoint, whatever cfg says now).
     assert model_metadata(cfg, 5, 1.0, "32-true", start, small_crop=160)["curriculum"]["small_crop"] == 160
     assert model_metadata(cfg, 5, 1.0, "32-true", start, small_crop=0)["curriculum"]["small_crop"] is None

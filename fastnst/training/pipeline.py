@@ -259,7 +259,10 @@ def probe_scorer(loss: torch.nn.Module, crops: torch.Tensor) -> Callable[[Transf
 
 def squares_side(curriculum: Mapping[str, Any], from_random: bool) -> int | None:
     """The side of the curriculum's squares for a run: ``small_crop_from_random`` if set and the network starts
-    from random weights (it learns the style from nothing, and more, cheaper steps pay), else ``small_crop``."""
+    from random weights (it learns the style from nothing, and more, cheaper steps pay), else ``small_crop``;
+    None where ``small_crop_until`` is 0 (full crops from the first step: no squares are cut)."""
+    if not curriculum.get("small_crop_until"):
+        return None
     side = curriculum.get("small_crop_from_random") if from_random else None
     side = side if side is not None else curriculum.get("small_crop")
     return int(side) if side else None
@@ -343,8 +346,7 @@ def fit(cfg: Mapping[str, Any], run_dir: Path) -> Path | None:
     curriculum = cfg.get("curriculum") or {}
     if ckpt_path is None:  # a resumed run cuts the squares it cut before (restored from its checkpoint)
         module.small_crop = squares_side(curriculum, module.init_from is None) or 0
-        # Only where squares are cut at all: small_crop_until 0 means full crops from the first step.
-        if module.init_from is None and curriculum.get("small_crop_from_random") is not None and module.small_crop_until > 0:
+        if module.init_from is None and curriculum.get("small_crop_from_random") is not None and module.small_crop:
             log.info("random initial weights: %d px squares first (curriculum.small_crop_from_random; null: curriculum.small_crop)", module.small_crop)
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
