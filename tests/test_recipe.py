@@ -43,6 +43,12 @@ def test_lr_warms_up_linearly_then_follows_the_cosine_to_its_floor(style_file: P
     assert const.lr_at(0, 0.0) == const.lr_at(999, 0.99) == 1e-3
 
 
+def test_adam_uses_the_configured_betas(style_file: Path) -> None:
+    adam = make_module(style_file, {"lr": 2e-3, "betas": [0.8, 0.99]}).configure_optimizers()
+    assert adam.param_groups[0]["betas"] == (0.8, 0.99) and adam.param_groups[0]["lr"] == 2e-3
+    assert make_module(style_file, {"lr": 1e-3}).configure_optimizers().param_groups[0]["betas"] == (0.9, 0.999)
+
+
 def test_budget_fraction_follows_max_steps(style_file: Path) -> None:
     m = make_module(style_file)
     attach(m, 25, 100)
@@ -83,6 +89,9 @@ def test_a_resumed_run_cuts_the_squares_its_checkpoint_records(style_file: Path)
     [
         ({"optim": {"lr": 1e-3, "decay": "step"}}, "optim.decay"),
         ({"optim": {"lr": 1e-3, "warmup_steps": -1}}, "optim.warmup_steps"),
+        ({"optim": {"lr": 1e-3, "betas": [0.9, 1.0]}}, r"optim.betas must be two numbers in \[0, 1\)"),
+        ({"optim": {"lr": 1e-3, "betas": [0.9]}}, "optim.betas"),
+        ({"optim": {"lr": 1e-3, "betas": "0.9"}}, "optim.betas"),
         ({"curriculum": {"small_crop": 8, "small_crop_until": 0.5}}, "curriculum.small_crop"),
         ({"curriculum": {"small_crop": 64, "small_crop_until": 1.5}}, "curriculum.small_crop_until"),
         ({"curriculum": {"small_crop": 64, "small_crop_from_random": 8}}, "curriculum.small_crop_from_random"),

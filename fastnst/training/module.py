@@ -71,7 +71,7 @@ class StyleTransferModule(pl.LightningModule):
     * model: ``base_channels``, ``num_residual_blocks`` (and an informative ``name``)
     * loss: arguments of :func:`fastnst.training.loss.build_loss`
     * style: ``name``, ``image``/``url``/``sha256`` (see :mod:`fastnst.training.style`), ``image_size``
-    * optim: ``lr``; ``warmup_steps`` (linear ramp from 0); ``decay``: ``constant`` or ``cosine`` (to
+    * optim: ``lr``; ``betas`` (Adam's, default 0.9, 0.999); ``warmup_steps`` (linear ramp from 0); ``decay``: ``constant`` or ``cosine`` (to
       ``min_lr_fraction`` of ``lr`` at the end of the budget)
     * curriculum: ``small_crop`` (side in px) and ``small_crop_until`` (fraction of the budget): train on
       random ``small_crop`` squares cut from the crops until then (same pixel scale, a fraction of the cost);
@@ -100,6 +100,7 @@ class StyleTransferModule(pl.LightningModule):
         self.warmup_steps = int(optim.get("warmup_steps") or 0)
         self.decay = str(optim.get("decay") or "constant")
         self.min_lr_fraction = float(optim.get("min_lr_fraction", 0.0) or 0.0)
+        self.betas = tuple(float(b) for b in (optim.get("betas") or (0.9, 0.999)))
         curriculum = curriculum or {}
         self.small_crop = int(curriculum.get("small_crop") or 0)
         self.small_crop_until = float(curriculum.get("small_crop_until") or 0.0)
@@ -182,7 +183,7 @@ class StyleTransferModule(pl.LightningModule):
         experiment.add_image("samples", grid, self.global_step)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.net.parameters(), lr=self.lr)
+        return torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=self.betas)
 
     # The frozen VGG and the style targets are rebuilt from the config; keeping them out of
     # checkpoints makes each .ckpt ~60 MB smaller.

@@ -147,6 +147,11 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"optim.warmup_steps must be an integer >= 0, got {warmup!r}")
     if (optim.get("decay") or "constant") not in DECAYS:
         raise ConfigError(f"optim.decay={optim.get('decay')!r}; allowed: {', '.join(DECAYS)}")
+    betas = optim.get("betas")
+    if betas is not None and (
+        isinstance(betas, (str, bytes)) or len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)
+    ):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got {betas!r}")
     if not 0 <= float(optim.get("min_lr_fraction") or 0) <= 1:
         raise ConfigError(f"optim.min_lr_fraction must be in [0, 1], got {optim.get('min_lr_fraction')!r}")
     for key in ("small_crop", "small_crop_from_random"):
