@@ -92,6 +92,7 @@ def test_a_resumed_run_cuts_the_squares_its_checkpoint_records(style_file: Path)
         ({"optim": {"lr": 1e-3, "betas": [0.9, 1.0]}}, r"optim.betas must be two numbers in \[0, 1\)"),
         ({"optim": {"lr": 1e-3, "betas": [0.9]}}, "optim.betas"),
         ({"optim": {"lr": 1e-3, "betas": "0.9"}}, "optim.betas"),
+        ({"optim": {"lr": 1e-3, "betas": 0.9}}, "optim.betas"),
         ({"curriculum": {"small_crop": 8, "small_crop_until": 0.5}}, "curriculum.small_crop"),
         ({"curriculum": {"small_crop": 64, "small_crop_until": 1.5}}, "curriculum.small_crop_until"),
         ({"curriculum": {"small_crop": 64, "small_crop_from_random": 8}}, "curriculum.small_crop_from_random"),

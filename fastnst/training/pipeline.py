@@ -149,7 +149,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"optim.decay={optim.get('decay')!r}; allowed: {', '.join(DECAYS)}")
     betas = optim.get("betas")
     if betas is not None and (
-        isinstance(betas, (str, bytes)) or len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)
+        not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)
     ):
         raise ConfigError(f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got {betas!r}")
     if not 0 <= float(optim.get("min_lr_fraction") or 0) <= 1:
