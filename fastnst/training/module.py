@@ -71,8 +71,8 @@ class StyleTransferModule(pl.LightningModule):
     * model: ``base_channels``, ``num_residual_blocks`` (and an informative ``name``)
     * loss: arguments of :func:`fastnst.training.loss.build_loss`
     * style: ``name``, ``image``/``url``/``sha256`` (see :mod:`fastnst.training.style`), ``image_size``
-    * optim: ``lr``; ``betas`` (Adam's, default 0.9, 0.999); ``warmup_steps`` (linear ramp from 0); ``decay``: ``constant`` or ``cosine`` (to
-      ``min_lr_fraction`` of ``lr`` at the end of the budget)
+    * optim: ``lr``; ``betas`` (Adam's, default 0.9, 0.999); ``warmup_steps`` (linear ramp from 0);
+      ``decay``: ``constant`` or ``cosine`` (to ``min_lr_fraction`` of ``lr`` at the end of the budget)
     * curriculum: ``small_crop`` (side in px) and ``small_crop_until`` (fraction of the budget): train on
       random ``small_crop`` squares cut from the crops until then (same pixel scale, a fraction of the cost);
       ``fit`` sets ``small_crop`` to ``small_crop_from_random`` for a run from random weights
