@@ -49,6 +49,21 @@ def test_adam_uses_the_configured_betas(style_file: Path) -> None:
     assert make_module(style_file, {"lr": 1e-3}).configure_optimizers().param_groups[0]["betas"] == (0.9, 0.999)
 
 
+def test_norm_lr_scale_puts_the_instance_norms_in_a_faster_group(style_file: Path) -> None:
+    m = make_module(style_file, {"lr": 2e-3, "warmup_steps": 4, "norm_lr_scale": 5})
+    adam = m.configure_optimizers()
+    rest, norms = adam.param_groups
+    norm_params = [p for mod in m.net.modules() if isinstance(mod, torch.nn.InstanceNorm2d) for p in mod.parameters()]
+    assert {id(p) for p in norms["params"]} == {id(p) for p in norm_params} and norm_params
+    assert len(rest["params"]) + len(norms["params"]) == len(list(m.net.parameters()))
+    assert (rest["lr"], norms["lr"]) == pytest.approx((2e-3, 1e-2))
+    attach(m, 1, 100)
+    m.trainer.optimizers = [adam]
+    m.on_train_batch_start(None, 0)  # warm-up step 1 of 4: half the rate, the norms still 5x the rest
+    assert (rest["lr"], norms["lr"]) == pytest.approx((1e-3, 5e-3))
+    assert len(make_module(style_file, {"lr": 1e-3, "norm_lr_scale": 1.0}).configure_optimizers().param_groups) == 1
+
+
 def test_budget_fraction_follows_max_steps(style_file: Path) -> None:
     m = make_module(style_file)
     attach(m, 25, 100)
@@ -93,6 +108,7 @@ def test_a_resumed_run_cuts_the_squares_its_checkpoint_records(style_file: Path)
         ({"optim": {"lr": 1e-3, "betas": [0.9]}}, "optim.betas"),
         ({"optim": {"lr": 1e-3, "betas": "0.9"}}, "optim.betas"),
         ({"optim": {"lr": 1e-3, "betas": 0.9}}, "optim.betas"),
+        ({"optim": {"lr": 1e-3, "norm_lr_scale": 0}}, "optim.norm_lr_scale must be a positive number"),
         ({"curriculum": {"small_crop": 8, "small_crop_until": 0.5}}, "curriculum.small_crop"),
         ({"curriculum": {"small_crop": 64, "small_crop_until": 1.5}}, "curriculum.small_crop_until"),
         ({"curriculum": {"small_crop": 64, "small_crop_from_random": 8}}, "curriculum.small_crop_from_random"),

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from torch import nn
 from torchvision.utils import make_grid
 
 from fastnst.fast_layers import training_view
@@ -71,7 +72,8 @@ class StyleTransferModule(pl.LightningModule):
     * model: ``base_channels``, ``num_residual_blocks`` (and an informative ``name``)
     * loss: arguments of :func:`fastnst.training.loss.build_loss`
     * style: ``name``, ``image``/``url``/``sha256`` (see :mod:`fastnst.training.style`), ``image_size``
-    * optim: ``lr``; ``betas`` (Adam's, default 0.9, 0.999); ``warmup_steps`` (linear ramp from 0);
+    * optim: ``lr``; ``betas`` (Adam's, default 0.9, 0.999); ``norm_lr_scale`` (the instance norms' rate as a
+      multiple of ``lr``, default 1); ``warmup_steps`` (linear ramp from 0);
       ``decay``: ``constant`` or ``cosine`` (to ``min_lr_fraction`` of ``lr`` at the end of the budget)
     * curriculum: ``small_crop`` (side in px) and ``small_crop_until`` (fraction of the budget): train on
       random ``small_crop`` squares cut from the crops until then (same pixel scale, a fraction of the cost);
@@ -101,6 +103,7 @@ class StyleTransferModule(pl.LightningModule):
         self.decay = str(optim.get("decay") or "constant")
         self.min_lr_fraction = float(optim.get("min_lr_fraction", 0.0) or 0.0)
         self.betas = tuple(float(b) for b in (optim.get("betas") or (0.9, 0.999)))
+        self.norm_lr_scale = float(optim.get("norm_lr_scale") or 1.0)
         curriculum = curriculum or {}
         self.small_crop = int(curriculum.get("small_crop") or 0)
         self.small_crop_until = float(curriculum.get("small_crop_until") or 0.0)
@@ -128,7 +131,7 @@ class StyleTransferModule(pl.LightningModule):
         if self.warmup_steps or self.decay != "constant":
             lr = self.lr_at(self.global_step, self.budget_fraction())
             for group in self.trainer.optimizers[0].param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
 
     def _curriculum_crop(self, photos: torch.Tensor) -> torch.Tensor:
         """A random ``small_crop`` square of each crop while the curriculum's first phase lasts."""
@@ -183,7 +186,18 @@ class StyleTransferModule(pl.LightningModule):
         experiment.add_image("samples", grid, self.global_step)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=self.betas)
+        if self.norm_lr_scale == 1.0:
+            return torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=self.betas)
+        # Instance norms' scales and shifts in a group of their own, at norm_lr_scale times the rate: Adam moves every
+        # parameter by about lr per step, and a norm scale (about 1) is larger than a conv weight (about 0.2).
+        norms = [p for m in self.net.modules() if isinstance(m, nn.InstanceNorm2d) for p in m.parameters()]
+        ids = {id(p) for p in norms}
+        rest = [p for p in self.net.parameters() if id(p) not in ids]
+        groups = [
+            {"params": rest, "lr": self.lr, "lr_scale": 1.0},
+            {"params": norms, "lr": self.lr * self.norm_lr_scale, "lr_scale": self.norm_lr_scale},
+        ]
+        return torch.optim.Adam(groups, lr=self.lr, betas=self.betas)
 
     # The frozen VGG and the style targets are rebuilt from the config; keeping them out of
     # checkpoints makes each .ckpt ~60 MB smaller.

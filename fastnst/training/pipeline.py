@@ -152,6 +152,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
         not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)
     ):
         raise ConfigError(f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got {betas!r}")
+    if optim.get("norm_lr_scale") is not None:
+        _positive(optim["norm_lr_scale"], "optim.norm_lr_scale")
     if not 0 <= float(optim.get("min_lr_fraction") or 0) <= 1:
         raise ConfigError(f"optim.min_lr_fraction must be in [0, 1], got {optim.get('min_lr_fraction')!r}")
     for key in ("small_crop", "small_crop_from_random"):
