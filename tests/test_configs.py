@@ -115,7 +115,7 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, photo_dir: Path, sty
 def test_recipes_compose_to_what_they_promise() -> None:
     default = compose_plain()
     assert default["model"]["name"] == "johnson" and default["model"]["base_channels"] == 32
-    assert default["optim"] == {"lr": 4e-3, "betas": [0.9, 0.999], "norm_lr_scale": 1.0, "warmup_steps": 50, "decay": "cosine", "min_lr_fraction": 0.1}
+    assert default["optim"] == {"name": "adam", "lr": 4e-3, "betas": [0.9, 0.999], "norm_lr_scale": 1.0, "warmup_steps": 50, "decay": "cosine", "min_lr_fraction": 0.1}
     assert default["curriculum"] == {"small_crop": 192, "small_crop_from_random": 128, "small_crop_until": 0.8}
     assert default["init_from"] == "auto"
     paper = compose_plain("recipe=johnson")

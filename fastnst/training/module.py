@@ -8,13 +8,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import nn
 from torchvision.utils import make_grid
 
 from fastnst.fast_layers import training_view
 from fastnst.hardware import channels_last_training_cpu
 from fastnst.net import TransformerNet
 from fastnst.training.loss import TERMS, PerceptualLoss, build_loss
+from fastnst.training.optim import build_optimizer
 from fastnst.training.progress import time_budget
 from fastnst.training.style import load_style_image, resolve_style_image
 
@@ -72,7 +72,8 @@ class StyleTransferModule(pl.LightningModule):
     * model: ``base_channels``, ``num_residual_blocks`` (and an informative ``name``)
     * loss: arguments of :func:`fastnst.training.loss.build_loss`
     * style: ``name``, ``image``/``url``/``sha256`` (see :mod:`fastnst.training.style`), ``image_size``
-    * optim: ``lr``; ``betas`` (Adam's, default 0.9, 0.999); ``norm_lr_scale`` (the instance norms' rate as a
+    * optim: ``name`` (``adam``, the default, or ``muon``: see :mod:`fastnst.training.optim`); ``lr``;
+      ``betas`` (Adam's, default 0.9, 0.999); ``norm_lr_scale`` (the instance norms' rate as a
       multiple of ``lr``, default 1); ``warmup_steps`` (linear ramp from 0);
       ``decay``: ``constant`` or ``cosine`` (to ``min_lr_fraction`` of ``lr`` at the end of the budget)
     * curriculum: ``small_crop`` (side in px) and ``small_crop_until`` (fraction of the budget): train on
@@ -104,6 +105,7 @@ class StyleTransferModule(pl.LightningModule):
         self.min_lr_fraction = float(optim.get("min_lr_fraction", 0.0) or 0.0)
         self.betas = tuple(float(b) for b in (optim.get("betas") or (0.9, 0.999)))
         self.norm_lr_scale = float(optim.get("norm_lr_scale") or 1.0)
+        self.optimizer_name = str(optim.get("name") or "adam")
         curriculum = curriculum or {}
         self.small_crop = int(curriculum.get("small_crop") or 0)
         self.small_crop_until = float(curriculum.get("small_crop_until") or 0.0)
@@ -186,18 +188,7 @@ class StyleTransferModule(pl.LightningModule):
         experiment.add_image("samples", grid, self.global_step)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        if self.norm_lr_scale == 1.0:
-            return torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=self.betas)
-        # Instance norms' scales and shifts in a group of their own, at norm_lr_scale times the rate: Adam moves every
-        # parameter by about lr per step, and a norm scale (about 1) is larger than a conv weight (about 0.2).
-        norms = [p for m in self.net.modules() if isinstance(m, nn.InstanceNorm2d) for p in m.parameters()]
-        ids = {id(p) for p in norms}
-        rest = [p for p in self.net.parameters() if id(p) not in ids]
-        groups = [
-            {"params": rest, "lr": self.lr, "lr_scale": 1.0},
-            {"params": norms, "lr": self.lr * self.norm_lr_scale, "lr_scale": self.norm_lr_scale},
-        ]
-        return torch.optim.Adam(groups, lr=self.lr, betas=self.betas)
+        return build_optimizer(self.net, self.optimizer_name, self.lr, self.betas, self.norm_lr_scale)
 
     # The frozen VGG and the style targets are rebuilt from the config; keeping them out of
     # checkpoints makes each .ckpt ~60 MB smaller.

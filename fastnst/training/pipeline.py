@@ -28,6 +28,7 @@ from fastnst.net import TransformerNet
 from fastnst.training.data import PhotoDataModule
 from fastnst.training.distributed import close_process_group
 from fastnst.training.module import StyleTransferModule
+from fastnst.training.optim import OPTIMIZERS
 from fastnst.training.progress import StepProgressBar
 from fastnst.training.quiet import quiet_lightning
 from fastnst.training.vgg import layer_names
@@ -145,6 +146,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
     warmup = optim.get("warmup_steps") or 0
     if not isinstance(warmup, int) or warmup < 0:
         raise ConfigError(f"optim.warmup_steps must be an integer >= 0, got {warmup!r}")
+    if (optim.get("name") or "adam") not in OPTIMIZERS:
+        raise ConfigError(f"optim.name={optim.get('name')!r}; allowed: {', '.join(OPTIMIZERS)}")
     if (optim.get("decay") or "constant") not in DECAYS:
         raise ConfigError(f"optim.decay={optim.get('decay')!r}; allowed: {', '.join(DECAYS)}")
     betas = optim.get("betas")
