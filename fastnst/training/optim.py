@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch.optim.adam import adam as adam_step
 from torch import nn
+from torch.optim.adam import adam as adam_step
 
 OPTIMIZERS = ("adam", "muon")
 
@@ -130,12 +130,12 @@ def build_optimizer(net: nn.Module, name: str, lr: float, betas: tuple[float, fl
     """The optimiser of a run: ``adam`` or ``muon``; the instance norms learn at ``norm_lr_scale`` times ``lr``."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; available: {', '.join(OPTIMIZERS)}")
+    if name == "adam" and norm_lr_scale == 1.0:  # one group in net.parameters() order, as earlier checkpoints hold it
+        return torch.optim.Adam(net.parameters(), lr=lr, betas=betas)
     norms = [p for m in net.modules() if isinstance(m, nn.InstanceNorm2d) for p in m.parameters()]
     hidden = [m.weight for m in hidden_convolutions(net)] if name == "muon" else []
     taken = {id(p) for p in norms} | {id(p) for p in hidden}
     rest = [p for p in net.parameters() if id(p) not in taken]
-    if name == "adam" and norm_lr_scale == 1.0:
-        return torch.optim.Adam(net.parameters(), lr=lr, betas=betas)
     groups: list[dict[str, Any]] = []
     if hidden:
         groups.append({"params": hidden, "lr": lr, "lr_scale": 1.0, "muon": True})
